@@ -1,0 +1,233 @@
+#!/usr/bin/env bash
+# A real Kubernetes control plane on loopback for the tests and the demo: etcd (tmpfs, no fsync) and
+# kube-apiserver (RBAC on), optionally kwok (fake nodes and pods) and kube-controller-manager + kube-scheduler.
+#
+# usage: testenv.sh up [--with-kwok] [--with-kcm]   start (or reuse) it; prints `export KUBECONFIG=...`
+#        testenv.sh down                            stop exactly the processes `up` started
+#        testenv.sh status                          say what runs
+#
+# TESTENV_DIR (default: .testenv/run in the repo) holds the kubeconfig, PKI, PID files and logs/.
+# TESTENV_API_PORT / TESTENV_ETCD_PORT pin ports (default: free ones). Binaries come from build.sh.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=versions.sh
+. "$here/versions.sh"
+TESTENV_DIR=${TESTENV_DIR:-$_testenv_repo/.testenv/run}
+mkdir -p "$TESTENV_DIR"
+TESTENV_DIR=$(cd "$TESTENV_DIR" && pwd)
+PKI=$TESTENV_DIR/pki
+LOGS=$TESTENV_DIR/logs
+KUBECONFIG_FILE=$TESTENV_DIR/kubeconfig
+
+log() { printf 'testenv: %s\n' "$*" >&2; }
+die() {
+  log "error: $*"
+  exit 1
+}
+
+pid_alive() { [ -f "$TESTENV_DIR/$1.pid" ] && kill -0 "$(cat "$TESTENV_DIR/$1.pid")" 2>/dev/null; }
+
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1]);s.close()'; }
+
+port_free() { python3 -c 'import socket,sys;s=socket.socket();s.bind(("127.0.0.1",int(sys.argv[1])))' "$1" 2>/dev/null; }
+
+pick_port() { # pick_port VAR_VALUE NAME: the pinned port if free, else a free one
+  local pinned=$1 name=$2
+  if [ -n "$pinned" ]; then
+    port_free "$pinned" || die "port $pinned for $name is taken on 127.0.0.1; free it or unset the variable pinning it"
+    echo "$pinned"
+  else
+    free_port
+  fi
+}
+
+# wait_for SECONDS DESCRIPTION LOGFILE PIDNAME COMMAND...: polls COMMAND until it succeeds.
+wait_for() {
+  local secs=$1 what=$2 logfile=$3 pidname=$4
+  shift 4
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    pid_alive "$pidname" || die "$what exited during start; see $logfile"
+    [ $SECONDS -lt $deadline ] || die "$what not ready after ${secs}s; see $logfile"
+    sleep 0.2
+  done
+}
+
+make_pki() {
+  [ -f "$PKI/token" ] && return 0
+  mkdir -p "$PKI"
+  (
+    cd "$PKI"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.crt -days 3650 \
+      -subj "/CN=clb-operator-testenv-ca" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout apiserver.key -out apiserver.csr \
+      -subj "/CN=kube-apiserver" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.0.0.1,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n' >san.ext
+    openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out apiserver.crt -days 3650 \
+      -extfile san.ext 2>/dev/null
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out sa.key 2>/dev/null
+    openssl pkey -in sa.key -pubout -out sa.pub 2>/dev/null
+    od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >token.tmp
+    printf '%s,testenv-admin,uid-admin,"system:masters"\n' "$(cat token.tmp)" >tokens.csv
+    mv token.tmp token
+  ) || die "creating the test PKI with openssl failed"
+}
+
+write_kubeconfig() {
+  local port=$1
+  cat >"$KUBECONFIG_FILE.tmp" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: testenv
+  cluster: {server: "https://127.0.0.1:$port", certificate-authority: "$PKI/ca.crt"}
+users:
+- name: admin
+  user: {token: "$(cat "$PKI/token")"}
+contexts:
+- name: testenv
+  context: {cluster: testenv, user: admin}
+current-context: testenv
+EOF
+  mv "$KUBECONFIG_FILE.tmp" "$KUBECONFIG_FILE"
+}
+
+api_ready() {
+  curl -sf --max-time 2 --cacert "$PKI/ca.crt" -H "Authorization: Bearer $(cat "$PKI/token")" \
+    "https://127.0.0.1:$(cat "$TESTENV_DIR/api.port")/readyz"
+}
+
+start_etcd() {
+  pid_alive etcd && return 0
+  local port peer data
+  port=$(pick_port "${TESTENV_ETCD_PORT:-}" etcd)
+  peer=$(free_port)
+  # tmpfs + no fsync: the control plane is throw-away, and disk syncs dominate etcd latency on small machines.
+  data=$(mktemp -d /dev/shm/clb-testenv-etcd.XXXXXX)
+  echo "$data" >"$TESTENV_DIR/etcd.data"
+  echo "$port" >"$TESTENV_DIR/etcd.port"
+  "$ETCD_BIN/etcd" --name testenv --data-dir "$data" \
+    --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
+    --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+    --initial-cluster "testenv=http://127.0.0.1:$peer" --unsafe-no-fsync --log-level warn \
+    --quota-backend-bytes $((2 << 30)) >"$LOGS/etcd.log" 2>&1 &
+  echo $! >"$TESTENV_DIR/etcd.pid"
+  wait_for 30 etcd "$LOGS/etcd.log" etcd curl -sf "http://127.0.0.1:$port/health"
+}
+
+start_apiserver() {
+  pid_alive apiserver && return 0
+  local port
+  port=$(pick_port "${TESTENV_API_PORT:-}" kube-apiserver)
+  echo "$port" >"$TESTENV_DIR/api.port"
+  # ServiceAccount admission and the GC finalizers need kube-controller-manager; they are off so that pods can be
+  # created and objects deleted with or without it. Priority and fairness is off so test bursts are not throttled.
+  "$K8S_BIN/kube-apiserver" \
+    --etcd-servers="http://127.0.0.1:$(cat "$TESTENV_DIR/etcd.port")" \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$port" \
+    --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
+    --client-ca-file="$PKI/ca.crt" --token-auth-file="$PKI/tokens.csv" \
+    --service-account-issuer=https://kubernetes.default.svc \
+    --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
+    --service-cluster-ip-range=10.0.0.0/24 --authorization-mode=RBAC --allow-privileged=true \
+    --enable-priority-and-fairness=false --profiling=false \
+    --disable-admission-plugins=ServiceAccount --enable-garbage-collector=false \
+    >"$LOGS/apiserver.log" 2>&1 &
+  echo $! >"$TESTENV_DIR/apiserver.pid"
+  write_kubeconfig "$port"
+  wait_for 120 kube-apiserver "$LOGS/apiserver.log" apiserver api_ready
+}
+
+start_kwok() {
+  pid_alive kwok && return 0
+  # kwok manages only nodes annotated kwok.x-k8s.io/node=fake, and the pods bound to them.
+  "$KWOK_BIN/kwok" --kubeconfig="$KUBECONFIG_FILE" --config="$KWOK_BIN/stages.yaml" \
+    --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+    --node-lease-duration-seconds=40 --cidr=10.244.0.0/16 --node-ip=10.0.0.2 \
+    >"$LOGS/kwok.log" 2>&1 &
+  echo $! >"$TESTENV_DIR/kwok.pid"
+  sleep 0.5
+  pid_alive kwok || die "kwok exited during start; see $LOGS/kwok.log"
+}
+
+start_kcm() {
+  if ! pid_alive kcm; then
+    "$K8S_BIN/kube-controller-manager" --kubeconfig="$KUBECONFIG_FILE" --leader-elect=false --secure-port=0 \
+      --service-account-private-key-file="$PKI/sa.key" --root-ca-file="$PKI/ca.crt" \
+      --use-service-account-credentials=false --controllers='*,-serviceaccount-token' \
+      >"$LOGS/kcm.log" 2>&1 &
+    echo $! >"$TESTENV_DIR/kcm.pid"
+  fi
+  if ! pid_alive scheduler; then
+    "$K8S_BIN/kube-scheduler" --kubeconfig="$KUBECONFIG_FILE" --authentication-kubeconfig="$KUBECONFIG_FILE" \
+      --authorization-kubeconfig="$KUBECONFIG_FILE" --leader-elect=false \
+      --bind-address=127.0.0.1 --secure-port="$(free_port)" >"$LOGS/scheduler.log" 2>&1 &
+    echo $! >"$TESTENV_DIR/scheduler.pid"
+  fi
+  sleep 0.5
+  pid_alive kcm || die "kube-controller-manager exited during start; see $LOGS/kcm.log"
+  pid_alive scheduler || die "kube-scheduler exited during start; see $LOGS/scheduler.log"
+}
+
+up() {
+  local with_kwok=0 with_kcm=0 arg
+  for arg in "$@"; do
+    case "$arg" in
+    --with-kwok) with_kwok=1 ;;
+    --with-kcm) with_kcm=1 ;;
+    *) die "unknown option '$arg' (expected --with-kwok or --with-kcm)" ;;
+    esac
+  done
+  command -v openssl >/dev/null || die "openssl is needed (apt-get install openssl)"
+  command -v curl >/dev/null || die "curl is needed (apt-get install curl)"
+  local targets=(core)
+  [ $with_kcm = 1 ] && targets+=(kcm)
+  "$here/build.sh" "${targets[@]}"
+  mkdir -p "$LOGS"
+  local start=$SECONDS
+  if pid_alive apiserver && ! pid_alive etcd; then die "kube-apiserver runs without its etcd; run '$0 down' first"; fi
+  make_pki
+  start_etcd
+  start_apiserver
+  [ $with_kwok = 1 ] && start_kwok
+  [ $with_kcm = 1 ] && start_kcm
+  log "ready in $((SECONDS - start)) s (logs: $LOGS)"
+  echo "export KUBECONFIG=$KUBECONFIG_FILE"
+}
+
+down() {
+  local c pid n
+  for c in scheduler kcm kwok apiserver etcd; do
+    [ -f "$TESTENV_DIR/$c.pid" ] || continue
+    pid=$(cat "$TESTENV_DIR/$c.pid")
+    if kill "$pid" 2>/dev/null; then
+      for n in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -9 "$pid" 2>/dev/null || true
+    fi
+    rm -f "$TESTENV_DIR/$c.pid"
+  done
+  if [ -f "$TESTENV_DIR/etcd.data" ]; then
+    rm -rf "$(cat "$TESTENV_DIR/etcd.data")"
+    rm -f "$TESTENV_DIR/etcd.data"
+  fi
+  log "stopped"
+}
+
+status() {
+  local c
+  for c in etcd apiserver kwok kcm scheduler; do
+    if pid_alive $c; then echo "$c: running (pid $(cat "$TESTENV_DIR/$c.pid"))"; else echo "$c: stopped"; fi
+  done
+  [ -f "$KUBECONFIG_FILE" ] && echo "kubeconfig: $KUBECONFIG_FILE"
+}
+
+case "${1:-}" in
+up)
+  shift
+  up "$@"
+  ;;
+down) down ;;
+status) status ;;
+*) die "usage: $0 up [--with-kwok] [--with-kcm] | down | status" ;;
+esac
