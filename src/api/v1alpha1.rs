@@ -1,0 +1,276 @@
+//! `clb.tke.dev/v1alpha1`: the `ClbBackendBinding` spec and status, with the validation the API server enforces.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Binds the CVM instances behind selected nodes (or behind the nodes that run selected pods) to a Tencent Cloud
+/// CLB load balancer, and deregisters them before their nodes or pods go away.
+// NB: clippy reads the repeated `type_ = ...` of the printcolumn list as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "clb.tke.dev",
+    version = "v1alpha1",
+    kind = "ClbBackendBinding",
+    plural = "clbbackendbindings",
+    shortname = "cbb",
+    category = "clb",
+    namespaced,
+    status = "ClbBackendBindingStatus",
+    doc = "Binds the CVM instances of selected nodes (or of the nodes running selected pods) to a CLB load balancer, and deregisters them before those nodes or pods go away.",
+    printcolumn(
+        name = "LB",
+        type_ = "string",
+        json_path = ".spec.loadBalancerId",
+        description = "Load balancer ID"
+    ),
+    printcolumn(
+        name = "Region",
+        type_ = "string",
+        json_path = ".spec.region",
+        description = "CLB region"
+    ),
+    printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        json_path = ".status.desired",
+        description = "Instances that should serve"
+    ),
+    printcolumn(
+        name = "Registered",
+        type_ = "integer",
+        json_path = ".status.registered",
+        description = "Owned instances registered on the CLB"
+    ),
+    printcolumn(
+        name = "Tasks",
+        type_ = "integer",
+        json_path = ".status.inFlight",
+        description = "CLB tasks in flight"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Ready condition"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ClbBackendBindingSpec {
+    /// ID of the classic CLB load balancer, e.g. lb-abcd1234. Immutable: to move backends to another load
+    /// balancer, create a new binding.
+    #[x_kube(
+        validation = Rule::new("self.matches('^lb-[0-9a-z]+$')").message("loadBalancerId must be 'lb-' followed by lowercase letters and digits, e.g. lb-abcd1234"),
+        validation = Rule::new("self == oldSelf").message("loadBalancerId is immutable; create a new binding for another load balancer")
+    )]
+    #[schemars(length(max = 64))]
+    pub load_balancer_id: String,
+
+    /// CLB region the load balancer lives in, sent as the API's Region parameter (e.g. gz, sh, bj, hk).
+    #[x_kube(validation = Rule::new("size(self) > 0").message("region must not be empty"))]
+    #[schemars(length(max = 64))]
+    pub region: String,
+
+    /// Secret in the binding's namespace with keys secretId, secretKey and optional token. Without it, the
+    /// operator's own credentials (from its environment) are used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretRef>,
+
+    /// Which instances to bind: exactly one of nodeSelector and podSelector.
+    pub targets: Targets,
+
+    /// Weight (0..100) given to instances this binding registers. 0 keeps an instance registered without
+    /// sending it new traffic.
+    #[serde(default = "default_weight")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 100").message("weight must be between 0 and 100"))]
+    pub weight: i32,
+
+    /// Which node signals mean "going away" and deregister the node's instance before the node is gone.
+    #[serde(default)]
+    pub drain: DrainPolicy,
+
+    /// What happens to the backends this binding owns when the binding is deleted: Deregister (default)
+    /// removes them from the load balancer, Retain leaves them.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+fn default_weight() -> i32 {
+    10
+}
+
+/// A reference to a Secret in the binding's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct SecretRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// The instances a binding serves: exactly one selector is set.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.nodeSelector) != has(self.podSelector)").message("targets must set exactly one of nodeSelector and podSelector"))]
+#[serde(rename_all = "camelCase")]
+pub struct Targets {
+    /// Bind the CVM instances of the nodes whose labels match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
+    /// Bind the CVM instances of the nodes that run a Ready, non-terminating pod of the binding's namespace
+    /// whose labels match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
+}
+
+/// Node signals that mean "this node is going away": an instance whose node shows one is deregistered while
+/// the node still exists.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainPolicy {
+    /// Node taint keys that mean the node is going away. Defaults to the taints of cluster-autoscaler
+    /// (ToBeDeletedByClusterAutoscaler) and Karpenter (karpenter.sh/disrupted); add your own, e.g. a
+    /// node-termination-handler taint. Any effect counts.
+    #[serde(default = "default_drain_taints")]
+    #[schemars(length(max = 32))]
+    pub taints: Vec<String>,
+
+    /// Whether the label node.kubernetes.io/exclude-from-external-load-balancers (any value, as in the upstream
+    /// service controller) removes a node's instance. Default true.
+    #[serde(default = "default_true")]
+    pub honor_exclusion_label: bool,
+
+    /// Whether a cordoned node (spec.unschedulable) counts as going away. Default false: a cordon alone is
+    /// often maintenance, and treating it as removal has caused outages elsewhere.
+    #[serde(default)]
+    pub on_cordon: bool,
+}
+
+impl Default for DrainPolicy {
+    fn default() -> Self {
+        Self {
+            taints: default_drain_taints(),
+            honor_exclusion_label: true,
+            on_cordon: false,
+        }
+    }
+}
+
+fn default_drain_taints() -> Vec<String> {
+    vec![
+        super::CLUSTER_AUTOSCALER_TAINT.to_owned(),
+        super::KARPENTER_DISRUPTED_TAINT.to_owned(),
+    ]
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// What happens to owned backends when their binding is deleted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Deregister every backend the binding owns, and wait for the tasks, before the binding goes.
+    #[default]
+    Deregister,
+    /// Leave the backends on the load balancer.
+    Retain,
+}
+
+/// What the operator observed and did for a binding.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClbBackendBindingStatus {
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Progressing and Degraded, each with a reason.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Number of instances that should serve now.
+    #[serde(default)]
+    pub desired: i32,
+    /// Number of owned instances in state Registered.
+    #[serde(default)]
+    pub registered: i32,
+    /// Number of CLB tasks still running.
+    #[serde(default)]
+    pub in_flight: i32,
+    /// The instances this binding owns on the load balancer, and only those: the operator never deregisters an
+    /// instance that is not listed here.
+    #[serde(default)]
+    pub backends: Vec<BackendStatus>,
+    /// CLB tasks: the running ones first, then a bounded history of finished ones, newest first.
+    #[serde(default)]
+    pub tasks: Vec<TaskRecord>,
+}
+
+/// One owned instance on the load balancer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendStatus {
+    /// CVM instance ID (the unified ins-... ID).
+    pub instance_id: String,
+    /// Node the instance belongs to, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Registering, Registered or Deregistering.
+    pub state: BackendState,
+    /// The CLB task moving the instance to its next state, while one runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<u64>,
+    /// Why the instance is being deregistered (e.g. NodeDeleted, Taint/ToBeDeletedByClusterAutoscaler).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Where an owned instance is in its life on the load balancer.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
+pub enum BackendState {
+    /// A Register task runs for it.
+    Registering,
+    /// It is on the load balancer and serving.
+    Registered,
+    /// A Deregister task runs for it; once that succeeds it leaves `backends`.
+    Deregistering,
+}
+
+/// A CLB asynchronous task the operator submitted.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskRecord {
+    /// The requestId the CLB returned; polled with DescribeLoadBalancersTaskResult.
+    pub request_id: u64,
+    /// Register or Deregister.
+    pub action: TaskAction,
+    /// The instances the task acts on.
+    pub instance_ids: Vec<String>,
+    /// Running, Succeeded or Failed.
+    pub state: TaskState,
+    /// When the task was submitted.
+    pub submitted_at: Time,
+    /// When the operator saw the task finish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Time>,
+}
+
+/// The kind of change a task makes.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum TaskAction {
+    /// RegisterInstancesWithLoadBalancer.
+    Register,
+    /// DeregisterInstancesFromLoadBalancer.
+    Deregister,
+}
+
+/// Where a task is.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum TaskState {
+    /// The CLB still works on it (status 2).
+    Running,
+    /// The CLB finished it (status 0).
+    Succeeded,
+    /// The CLB gave up on it (status 1); the instances stay in their previous state and are retried.
+    Failed,
+}

@@ -1,0 +1,487 @@
+//! The operator: shared context, the watches that feed it, and the kube-runtime `Controller` that drives
+//! [`reconcile::reconcile`].
+
+pub mod error;
+pub mod http;
+pub mod index;
+pub mod membership;
+pub mod plan;
+mod polls;
+pub mod reconcile;
+pub mod status;
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, NodeSpec, Pod, PodCondition, PodSpec, PodStatus};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::ListParams,
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::Config as ControllerConfig,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
+};
+use tracing::{info, warn};
+
+pub use polls::PollSchedule;
+
+use crate::{
+    api::{ClbBackendBinding, ClbBackendBindingStatus, INSTANCE_ID_ANNOTATION, MANAGER},
+    clb::{ClbClient, ClientConfig, Credentials, PollBackoff},
+};
+use index::BindingIndex;
+
+type Key = ObjectRef<ClbBackendBinding>;
+
+/// Tunables of the reconciler.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// How often an unchanged binding is looked at again (drift and credential rotation).
+    pub resync: Duration,
+    /// Task polling schedule.
+    pub poll: PollBackoff,
+}
+
+/// Everything a reconcile needs, shared by all of them.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Trimmed cache of every node.
+    pub nodes: Store<Node>,
+    /// Trimmed cache of the pods in scope.
+    pub pods: Store<Pod>,
+    /// Which bindings each node and pod event concerns.
+    pub index: BindingIndex,
+    /// CLB client: one HTTP client and one set of rate limiters; region and credentials are set per binding.
+    pub clb: ClbClient,
+    /// The operator's own credentials, used by bindings without a Secret.
+    pub default_credentials: Option<Credentials>,
+    /// Event publisher; one shared recorder so that repeated events aggregate.
+    pub recorder: Recorder,
+    /// Tunables.
+    pub settings: Settings,
+    /// When each running task is next polled.
+    pub polls: PollSchedule,
+    written: Mutex<HashMap<Key, Written>>,
+    failures: Mutex<HashMap<Key, u32>>,
+    reported: Mutex<HashMap<Key, HashSet<String>>>,
+}
+
+/// The status this operator last wrote for a binding, and the resourceVersion that write produced.
+struct Written {
+    resource_version: Option<String>,
+    status: ClbBackendBindingStatus,
+}
+
+impl Context {
+    /// Builds a context around the given caches and clients.
+    pub fn new(
+        client: Client,
+        nodes: Store<Node>,
+        pods: Store<Pod>,
+        clb: ClbClient,
+        default_credentials: Option<Credentials>,
+        settings: Settings,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            nodes,
+            pods,
+            index: BindingIndex::default(),
+            clb,
+            default_credentials,
+            polls: PollSchedule::new(settings.poll),
+            settings,
+            written: Mutex::default(),
+            failures: Mutex::default(),
+            reported: Mutex::default(),
+        }
+    }
+
+    /// The binding's status as the operator knows it. A reconcile can start before the watch has delivered the
+    /// operator's own last status write (a requeue timer, another event); acting on that stale copy would
+    /// submit a task twice or lose a requestId. So the last written status wins until the cache has caught up.
+    pub fn current_status(&self, binding: &ClbBackendBinding) -> ClbBackendBindingStatus {
+        let from_cache = binding.status.clone().unwrap_or_default();
+        let Ok(mut written) = self.written.lock() else {
+            return from_cache;
+        };
+        let key = ObjectRef::from_obj(binding);
+        let Some(w) = written.get(&key) else {
+            return from_cache;
+        };
+        // resourceVersions are opaque by contract, but every etcd-backed API server issues increasing integers;
+        // where they do not parse, equality is the only safe test.
+        let cache_is_older = match (
+            rv_number(binding.resource_version()),
+            rv_number(w.resource_version.clone()),
+        ) {
+            (Some(cached), Some(ours)) => cached < ours,
+            _ => binding.resource_version() != w.resource_version,
+        };
+        if cache_is_older {
+            return w.status.clone();
+        }
+        written.remove(&key);
+        from_cache
+    }
+
+    fn remember_written(
+        &self,
+        key: &Key,
+        resource_version: Option<String>,
+        status: &ClbBackendBindingStatus,
+    ) {
+        if let Ok(mut w) = self.written.lock() {
+            w.insert(
+                key.clone(),
+                Written {
+                    resource_version,
+                    status: status.clone(),
+                },
+            );
+        }
+    }
+
+    /// Exponential back-off per binding for reconciles that keep failing: 1 s doubling up to 5 min.
+    pub fn failure_backoff(&self, key: &Key) -> Duration {
+        let Ok(mut f) = self.failures.lock() else {
+            return Duration::from_secs(5);
+        };
+        let n = f.entry(key.clone()).or_default();
+        *n = n.saturating_add(1);
+        Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300))
+    }
+
+    fn failures_reset(&self, key: &Key) {
+        if let Ok(mut f) = self.failures.lock() {
+            f.remove(key);
+        }
+    }
+
+    /// Forgets everything about a binding that is going away.
+    fn forget(&self, key: &Key) {
+        self.index.remove(key);
+        self.failures_reset(key);
+        self.reported_reset(key);
+        if let Ok(mut w) = self.written.lock() {
+            w.remove(key);
+        }
+    }
+
+    fn reported_reset(&self, key: &Key) {
+        if let Ok(mut r) = self.reported.lock() {
+            r.remove(key);
+        }
+    }
+
+    /// Publishes an event about `binding`; a failure to publish is logged, never fatal.
+    pub async fn publish(
+        &self,
+        binding: &ClbBackendBinding,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: &str,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &binding.object_ref(&())).await {
+            warn!(binding = %binding.name_any(), reason, error = %e, "Publishing an event failed");
+        }
+    }
+
+    /// Publishes an event once per binding until its problems clear, for conditions seen on every reconcile.
+    pub async fn publish_once(
+        &self,
+        binding: &ClbBackendBinding,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: &str,
+    ) {
+        let fresh = self
+            .reported
+            .lock()
+            .map(|mut r| {
+                r.entry(ObjectRef::from_obj(binding))
+                    .or_default()
+                    .insert(format!("{reason}:{note}"))
+            })
+            .unwrap_or(true);
+        if fresh {
+            self.publish(binding, type_, reason, action, note).await;
+        }
+    }
+}
+
+fn rv_number(rv: Option<String>) -> Option<u64> {
+    rv?.parse().ok()
+}
+
+/// Options of `clb-operator run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Kubeconfig file; without it, KUBECONFIG, then the in-cluster service account.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Watch bindings (and pods) in this namespace only; all namespaces when unset.
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// CLB API v2 endpoint.
+    #[arg(
+        long,
+        env = "CLB_ENDPOINT",
+        default_value = "https://lb.api.qcloud.com/v2/index.php"
+    )]
+    pub clb_endpoint: url::Url,
+    /// Address serving /healthz, /readyz and /metrics.
+    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: std::net::SocketAddr,
+    /// Bindings reconciled at the same time.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: u16,
+    /// Most instances per Register or Deregister call.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub batch_size: u16,
+    /// Client-side limit of CLB requests per second, per action.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit: u32,
+    /// How often an unchanged binding is looked at again.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub resync: Duration,
+    /// Quiet time after a burst of node or pod events before a binding is reconciled, so that a mass drain
+    /// becomes a few full batches instead of many small calls.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub debounce: Duration,
+}
+
+/// Runs the operator until SIGINT or SIGTERM.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let client = kube_client(args.kubeconfig.as_deref()).await?;
+    let bindings: Api<ClbBackendBinding> = match &args.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    bindings.list(&ListParams::default().limit(1)).await.context(
+        "cannot list ClbBackendBindings; is the CRD installed? (clb-operator crd | kubectl apply -f -)",
+    )?;
+
+    let (nodes, node_writer) = reflector::store();
+    let node_events = changes_only(reflector::reflector(
+        node_writer,
+        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).modify(trim_node),
+    ))
+    .default_backoff()
+    .touched_objects();
+    let pod_api: Api<Pod> = match &args.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let (pods, pod_writer) = reflector::store();
+    let pod_events = changes_only(reflector::reflector(
+        pod_writer,
+        watcher(pod_api, watcher::Config::default()).modify(trim_pod),
+    ))
+    .default_backoff()
+    .touched_objects();
+
+    let default_credentials = Credentials::from_env().ok();
+    if default_credentials.is_none() {
+        info!("No TENCENTCLOUD_SECRET_ID/TENCENTCLOUD_SECRET_KEY: bindings need a credentialsSecretRef");
+    }
+    let clb_config = ClientConfig {
+        endpoint: args.clb_endpoint.clone(),
+        max_batch: usize::from(args.batch_size),
+        rate_limit_per_second: args.rate_limit,
+        ..ClientConfig::default()
+    };
+    let clb = ClbClient::new(
+        clb_config,
+        default_credentials
+            .clone()
+            .unwrap_or_else(|| Credentials::new("", "", None)),
+    )
+    .context("building the CLB client")?;
+    let settings = Settings {
+        resync: args.resync,
+        poll: PollBackoff::default(),
+    };
+    let ctx = Arc::new(Context::new(
+        client,
+        nodes.clone(),
+        pods.clone(),
+        clb,
+        default_credentials,
+        settings,
+    ));
+
+    let ready = http::Readiness::default();
+    tokio::spawn(http::serve(args.http_addr, ready.clone()));
+    {
+        let (nodes, pods, ready) = (nodes.clone(), pods.clone(), ready.clone());
+        tokio::spawn(async move {
+            if nodes.wait_until_ready().await.is_ok() && pods.wait_until_ready().await.is_ok() {
+                ready.set_ready();
+                info!(nodes = nodes.len(), pods = pods.len(), "Caches synced");
+            }
+        });
+    }
+
+    let (for_nodes, for_pods) = (ctx.clone(), ctx.clone());
+    info!(namespace = ?args.namespace, endpoint = %args.clb_endpoint, "Starting the controller");
+    Controller::new(bindings, watcher::Config::default().any_semantic())
+        .watches_stream(node_events, move |node| for_nodes.index.for_node(&node))
+        .watches_stream(pod_events, move |pod| for_pods.index.for_pod(&pod))
+        .with_config(
+            ControllerConfig::default()
+                .concurrency(args.concurrency)
+                .debounce(args.debounce),
+        )
+        .shutdown_on_signal()
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "Controller event");
+            }
+        })
+        .await;
+    info!("Controller stopped");
+    Ok(())
+}
+
+/// A client from `--kubeconfig`, else `KUBECONFIG`, else the in-cluster service account.
+pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no kubeconfig and not in a cluster")?,
+    };
+    Client::try_from(config).context("building the Kubernetes client")
+}
+
+/// Passes on deletions and the updates that change what membership reads (the trimmed object), and drops the
+/// rest: node heartbeats and pod status churn would otherwise wake every binding that looks at those objects.
+/// The stores behind it still see every event.
+fn changes_only<K, S>(
+    events: S,
+) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
+where
+    K: Resource + serde::Serialize + Clone + Send + 'static,
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+{
+    let seen: Mutex<HashMap<String, u64>> = Mutex::default();
+    events.filter(move |event| {
+        let keep = match event {
+            Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => {
+                let digest = content_digest(obj);
+                seen.lock()
+                    .map(|mut s| s.insert(object_key(obj), digest) != Some(digest))
+                    .unwrap_or(true)
+            }
+            Ok(watcher::Event::Delete(obj)) => {
+                if let Ok(mut s) = seen.lock() {
+                    s.remove(&object_key(obj));
+                }
+                true
+            }
+            _ => true,
+        };
+        std::future::ready(keep)
+    })
+}
+
+fn object_key<K: Resource>(obj: &K) -> String {
+    format!(
+        "{}/{}",
+        obj.meta().namespace.as_deref().unwrap_or(""),
+        obj.meta().name.as_deref().unwrap_or("")
+    )
+}
+
+/// A digest of an object without its resourceVersion, so that only content changes count.
+fn content_digest<K: Resource + serde::Serialize + Clone>(obj: &K) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut obj = obj.clone();
+    obj.meta_mut().resource_version = None;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_vec(&obj).unwrap_or_default().hash(&mut h);
+    h.finish()
+}
+
+/// Keeps only what membership needs of a node, so that a large cluster's node cache stays small.
+fn trim_node(node: &mut Node) {
+    let meta = &mut node.metadata;
+    meta.managed_fields = None;
+    meta.owner_references = None;
+    meta.annotations = meta
+        .annotations
+        .take()
+        .map(|a| {
+            a.into_iter()
+                .filter(|(k, _)| k == INSTANCE_ID_ANNOTATION)
+                .collect::<BTreeMap<_, _>>()
+        })
+        .filter(|a| !a.is_empty());
+    node.spec = node.spec.take().map(|s| NodeSpec {
+        provider_id: s.provider_id,
+        taints: s.taints,
+        unschedulable: s.unschedulable,
+        ..Default::default()
+    });
+    node.status = None;
+}
+
+/// Keeps only what membership needs of a pod: labels, node, deletion, phase and readiness.
+fn trim_pod(pod: &mut Pod) {
+    let meta = &mut pod.metadata;
+    meta.managed_fields = None;
+    meta.owner_references = None;
+    meta.annotations = None;
+    meta.finalizers = None;
+    pod.spec = pod.spec.take().map(|s| PodSpec {
+        node_name: s.node_name,
+        containers: Vec::new(),
+        ..Default::default()
+    });
+    pod.status = pod.status.take().map(|s| PodStatus {
+        phase: s.phase,
+        conditions: s.conditions.map(|c| {
+            c.into_iter()
+                .filter(|c| c.type_ == "Ready")
+                .map(|c| PodCondition {
+                    type_: c.type_,
+                    status: c.status,
+                    ..Default::default()
+                })
+                .collect()
+        }),
+        ..Default::default()
+    });
+}

@@ -1,0 +1,207 @@
+//! Pure change planning: what to deregister, what to register or adopt, and when a failed action may retry.
+
+use std::{collections::BTreeSet, time::Duration};
+
+use jiff::Timestamp;
+
+use super::membership::{LeaveReason, Membership};
+use crate::api::{BackendState, BackendStatus, TaskAction, TaskRecord, TaskState};
+
+/// An instance ID with what goes with it: its node when joining, its reason when leaving.
+pub type Tagged = (String, String);
+
+/// The changes a binding needs, before the CLB is asked which joining instances it already has.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Owned, registered instances that must leave, each with the reason recorded in the status.
+    pub deregister: Vec<Tagged>,
+    /// Desired instances the binding does not own yet, with their node.
+    pub join: Vec<Tagged>,
+}
+
+/// Compares what should serve with what the binding owns. Instances with a task in flight are left alone until
+/// the task ends; instances the binding does not own are never planned for removal.
+pub fn plan(
+    backends: &[BackendStatus],
+    membership: &Membership,
+    node_exists: impl Fn(&str) -> bool,
+    pod_targeted: bool,
+) -> Plan {
+    let owned: BTreeSet<&str> = backends.iter().map(|b| b.instance_id.as_str()).collect();
+    let deregister = backends
+        .iter()
+        .filter(|b| b.state == BackendState::Registered && !membership.desired.contains_key(&b.instance_id))
+        .map(|b| {
+            let reason = membership
+                .leaving
+                .get(&b.instance_id)
+                .cloned()
+                .unwrap_or_else(|| match b.node.as_deref() {
+                    Some(node) if node_exists(node) && pod_targeted => LeaveReason::NoReadyPods,
+                    Some(node) if node_exists(node) => LeaveReason::NotSelected,
+                    _ => LeaveReason::NodeDeleted,
+                });
+            (b.instance_id.clone(), reason.to_string())
+        })
+        .collect();
+    let join = membership
+        .desired
+        .iter()
+        .filter(|(id, _)| !owned.contains(id.as_str()))
+        .map(|(id, node)| (id.clone(), node.clone()))
+        .collect();
+    Plan { deregister, join }
+}
+
+/// Splits joining instances into those already on the load balancer (adopted without a Register call) and
+/// those to register.
+pub fn split_join(join: Vec<Tagged>, on_load_balancer: &BTreeSet<String>) -> (Vec<Tagged>, Vec<Tagged>) {
+    join.into_iter()
+        .partition(|(id, _)| on_load_balancer.contains(id))
+}
+
+/// First delay after a failed task; it doubles with each consecutive failure.
+pub const RETRY_INITIAL: Duration = Duration::from_secs(2);
+/// Longest delay between retries of a failing action.
+pub const RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// When `action` may be submitted again: after the newest run of consecutive failed tasks of that action, back
+/// off exponentially from the last failure. `None` means at once. Derived from the status, so a restart keeps it.
+pub fn retry_at(tasks: &[TaskRecord], action: TaskAction) -> Option<Timestamp> {
+    let mut finished = tasks
+        .iter()
+        .filter(|t| t.action == action && t.state != TaskState::Running);
+    let newest = finished.next().filter(|t| t.state == TaskState::Failed)?;
+    let failures = 1 + finished.take_while(|t| t.state == TaskState::Failed).count() as u32;
+    let delay = RETRY_INITIAL
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(RETRY_MAX);
+    let since = newest
+        .completed_at
+        .as_ref()
+        .map(|t| t.0)
+        .unwrap_or(newest.submitted_at.0);
+    since.checked_add(delay).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn backend(id: &str, node: &str, state: BackendState) -> BackendStatus {
+        BackendStatus {
+            instance_id: id.into(),
+            node: Some(node.into()),
+            state,
+            request_id: None,
+            reason: None,
+        }
+    }
+
+    fn membership(desired: &[(&str, &str)], leaving: &[(&str, LeaveReason)]) -> Membership {
+        Membership {
+            desired: desired
+                .iter()
+                .map(|(i, n)| (i.to_string(), n.to_string()))
+                .collect(),
+            leaving: leaving.iter().map(|(i, r)| (i.to_string(), r.clone())).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Owned instances that are no longer desired leave with the right reason; desired ones not owned join.
+    #[test]
+    fn plan_deregisters_owned_leavers_and_joins_new_instances() {
+        let backends = [
+            backend("ins-a", "a", BackendState::Registered),
+            backend("ins-b", "b", BackendState::Registered),
+            backend("ins-c", "c", BackendState::Registered),
+            backend("ins-d", "d", BackendState::Registered),
+        ];
+        let m = membership(
+            &[("ins-a", "a"), ("ins-e", "e")],
+            &[("ins-b", LeaveReason::Taint("karpenter.sh/disrupted".into()))],
+        );
+        let p = plan(&backends, &m, |n| n != "c", false);
+        assert_eq!(
+            p.deregister,
+            [
+                ("ins-b".to_string(), "Taint/karpenter.sh/disrupted".to_string()),
+                ("ins-c".to_string(), "NodeDeleted".to_string()),
+                ("ins-d".to_string(), "NotSelected".to_string()),
+            ]
+        );
+        assert_eq!(p.join, [("ins-e".to_string(), "e".to_string())]);
+        let p = plan(&backends[3..], &membership(&[], &[]), |_| true, true);
+        assert_eq!(p.deregister[0].1, "NoReadyPods");
+    }
+
+    /// Instances with a task in flight are not planned again, in either direction.
+    #[test]
+    fn plan_leaves_instances_with_running_tasks_alone() {
+        let backends = [
+            backend("ins-a", "a", BackendState::Registering),
+            backend("ins-b", "b", BackendState::Deregistering),
+        ];
+        let p = plan(&backends, &membership(&[("ins-b", "b")], &[]), |_| true, false);
+        assert_eq!(p, Plan::default());
+    }
+
+    /// A binding with nothing to do plans nothing: the steady state makes no CLB call.
+    #[test]
+    fn plan_is_empty_when_in_sync() {
+        let backends = [backend("ins-a", "a", BackendState::Registered)];
+        assert_eq!(
+            plan(&backends, &membership(&[("ins-a", "a")], &[]), |_| true, false),
+            Plan::default()
+        );
+    }
+
+    /// Instances already on the load balancer are adopted rather than registered again.
+    #[test]
+    fn split_join_adopts_instances_already_on_the_load_balancer() {
+        let join = vec![
+            ("ins-a".to_string(), "a".to_string()),
+            ("ins-b".to_string(), "b".to_string()),
+        ];
+        let (adopt, register) = split_join(join, &["ins-b".to_string()].into());
+        assert_eq!(adopt, [("ins-b".to_string(), "b".to_string())]);
+        assert_eq!(register, [("ins-a".to_string(), "a".to_string())]);
+    }
+
+    fn task(action: TaskAction, state: TaskState, completed_secs: i64) -> TaskRecord {
+        TaskRecord {
+            request_id: 1,
+            action,
+            instance_ids: vec![],
+            state,
+            submitted_at: Time(Timestamp::from_second(completed_secs - 1).unwrap()),
+            completed_at: Some(Time(Timestamp::from_second(completed_secs).unwrap())),
+        }
+    }
+
+    /// Consecutive failures of an action double the wait before it is retried; a success resets it.
+    #[test]
+    fn retry_backs_off_exponentially_per_action() {
+        use TaskAction::*;
+        use TaskState::*;
+        assert_eq!(retry_at(&[], Deregister), None);
+        let t = |s| Timestamp::from_second(s).unwrap();
+        assert_eq!(
+            retry_at(&[task(Deregister, Failed, 100)], Deregister),
+            Some(t(102))
+        );
+        let history = [
+            task(Deregister, Failed, 100),
+            task(Register, Succeeded, 90),
+            task(Deregister, Failed, 80),
+        ];
+        assert_eq!(retry_at(&history, Deregister), Some(t(104)));
+        assert_eq!(retry_at(&history, Register), None);
+        let recovered = [task(Deregister, Succeeded, 100), task(Deregister, Failed, 80)];
+        assert_eq!(retry_at(&recovered, Deregister), None);
+        let many: Vec<_> = (0..30).map(|i| task(Deregister, Failed, 1000 - i)).collect();
+        assert_eq!(retry_at(&many, Deregister), Some(t(1300)));
+    }
+}

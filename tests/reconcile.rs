@@ -1,0 +1,687 @@
+//! The reconciler end to end: a real kube-apiserver, the CLB emulator, and the operator, per the Done-when
+//! points of the reconciler issue.
+
+mod common;
+
+use std::{collections::BTreeSet, time::Duration};
+
+use clb_operator::{
+    api::{BackendState, ClbBackendBinding, ClbBackendBindingStatus, TaskAction, TaskState},
+    clb::Action,
+    controller::RunArgs,
+    emulator::{self, EmulatorConfig, EmulatorHandle, Faults, SeedLoadBalancer},
+};
+use common::{TestNs, eventually};
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+
+const LB: &str = "lb-test0001";
+const WAIT: Duration = Duration::from_secs(30);
+
+/// An emulator on 127.0.0.1 with `LB` seeded with `seeded` instances.
+async fn emulator(seeded: &[&str], task_duration: Duration) -> EmulatorHandle {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = EmulatorConfig {
+        faults: Faults {
+            task_duration,
+            ..Faults::default()
+        },
+        load_balancers: vec![SeedLoadBalancer {
+            id: LB.into(),
+            instance_ids: seeded.iter().map(|s| s.to_string()).collect(),
+        }],
+        ..EmulatorConfig::default()
+    };
+    emulator::spawn(config, listener).await.unwrap()
+}
+
+/// The operator, in process, watching only the test's namespace; stops when dropped.
+struct Operator(tokio::task::JoinHandle<()>);
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn run_args(t: &TestNs, emu: &EmulatorHandle) -> RunArgs {
+    RunArgs {
+        kubeconfig: Some(t.plane.kubeconfig.clone()),
+        namespace: Some(t.ns.clone()),
+        clb_endpoint: emu.endpoint(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        concurrency: 4,
+        batch_size: 20,
+        rate_limit: 50,
+        resync: Duration::from_secs(300),
+        debounce: Duration::from_millis(100),
+    }
+}
+
+fn start_operator(t: &TestNs, emu: &EmulatorHandle) -> Operator {
+    let args = run_args(t, emu);
+    Operator(tokio::spawn(async move {
+        if let Err(e) = clb_operator::controller::run(args).await {
+            panic!("operator failed: {e:#}");
+        }
+    }))
+}
+
+/// A lowercase alphanumeric token, so instance IDs (`ins-<token><n>`) are unique per test.
+fn token() -> String {
+    let n: u32 = rand::random();
+    format!("{:x}", n)
+}
+
+/// Creates `count` nodes labelled for the test, with TKE provider IDs; returns (node name, instance ID) pairs.
+async fn nodes(t: &TestNs, tok: &str, count: usize) -> Vec<(String, String)> {
+    let api: Api<Node> = Api::all(t.client.clone());
+    let mut out = Vec::new();
+    for i in 0..count {
+        let name = format!("{}-n{i}", t.ns);
+        let id = format!("ins-{tok}{i:03}");
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"clb-test": t.ns}},
+            "spec": {"providerID": format!("qcloud:///100003/{id}")},
+        }))
+        .unwrap();
+        api.create(&PostParams::default(), &node).await.unwrap();
+        out.push((name, id));
+    }
+    out
+}
+
+/// A binding named `name` selecting the test's nodes (or, with `pods`, the test's `app=web` pods).
+async fn binding(
+    t: &TestNs,
+    name: &str,
+    lb: &str,
+    pods: bool,
+    extra: serde_json::Value,
+) -> ClbBackendBinding {
+    let targets = if pods {
+        json!({"podSelector": {"matchLabels": {"app": "web"}}})
+    } else {
+        json!({"nodeSelector": {"matchLabels": {"clb-test": t.ns}}})
+    };
+    let mut spec = json!({
+        "loadBalancerId": lb, "region": "gz", "targets": targets,
+        "credentialsSecretRef": {"name": "clb-credentials"},
+    });
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    let b: ClbBackendBinding = serde_json::from_value(json!({
+        "apiVersion": "clb.tke.dev/v1alpha1", "kind": "ClbBackendBinding",
+        "metadata": {"name": name}, "spec": spec,
+    }))
+    .unwrap();
+    t.api::<ClbBackendBinding>()
+        .create(&PostParams::default(), &b)
+        .await
+        .unwrap()
+}
+
+async fn status(t: &TestNs, name: &str) -> ClbBackendBindingStatus {
+    t.api::<ClbBackendBinding>()
+        .get(name)
+        .await
+        .unwrap()
+        .status
+        .unwrap_or_default()
+}
+
+fn condition(s: &ClbBackendBindingStatus, type_: &str) -> Option<(String, String)> {
+    s.conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+fn is_ready(s: &ClbBackendBindingStatus) -> bool {
+    condition(s, "Ready").is_some_and(|(v, _)| v == "True")
+}
+
+fn registered(s: &ClbBackendBindingStatus) -> BTreeSet<String> {
+    s.backends
+        .iter()
+        .filter(|b| b.state == BackendState::Registered)
+        .map(|b| b.instance_id.clone())
+        .collect()
+}
+
+/// Waits until the binding is Ready with exactly `ids` registered.
+async fn wait_ready_with(t: &TestNs, name: &str, ids: &BTreeSet<String>) -> ClbBackendBindingStatus {
+    eventually(
+        WAIT,
+        &format!("{name} Ready with {ids:?} ({})", t.logs_hint()),
+        || async {
+            let s = status(t, name).await;
+            (is_ready(&s) && &registered(&s) == ids && s.backends.len() == ids.len()).then_some(s)
+        },
+    )
+    .await
+}
+
+fn deregister_calls(emu: &EmulatorHandle) -> Vec<Vec<String>> {
+    emu.state()
+        .calls_of(Action::DeregisterInstancesFromLoadBalancer)
+        .filter(|c| c.code == 0)
+        .map(|c| c.instance_ids.clone())
+        .collect()
+}
+
+fn ids(pairs: &[(String, String)]) -> BTreeSet<String> {
+    pairs.iter().map(|(_, id)| id.clone()).collect()
+}
+
+async fn setup(test: &str) -> (TestNs, EmulatorHandle) {
+    let t = TestNs::new(test).await;
+    let emu = emulator(&[], Duration::from_millis(300)).await;
+    let c = emu.credentials();
+    t.credentials_secret("clb-credentials", c.secret_id(), c.secret_key())
+        .await;
+    (t, emu)
+}
+
+/// Three nodes are registered; deleting one deregisters exactly its instance, the status shows the task Running
+/// with the emulator's requestId, then Succeeded with the instance gone, and Ready again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_targets_register_all_and_deregister_a_deleted_node() {
+    let (t, emu) = setup("node-targets").await;
+    let tok = token();
+    let nodes = nodes(&t, &tok, 3).await;
+    let _op = start_operator(&t, &emu);
+    binding(&t, "web", LB, false, json!({})).await;
+    wait_ready_with(&t, "web", &ids(&nodes)).await;
+    assert_eq!(
+        emu.state().backend_ids(LB).into_iter().collect::<BTreeSet<_>>(),
+        ids(&nodes)
+    );
+
+    // Slow the task down so that its Running state is observable.
+    emu.set_faults(Faults {
+        task_duration: Duration::from_secs(2),
+        ..emu.faults()
+    })
+    .unwrap();
+    let (gone_node, gone_id) = nodes[0].clone();
+    Api::<Node>::all(t.client.clone())
+        .delete(&gone_node, &DeleteParams::default())
+        .await
+        .unwrap();
+    let running = eventually(WAIT, "a running Deregister task", || async {
+        let s = status(&t, "web").await;
+        s.tasks
+            .iter()
+            .find(|x| x.action == TaskAction::Deregister && x.state == TaskState::Running)
+            .cloned()
+    })
+    .await;
+    assert_eq!(running.instance_ids, std::slice::from_ref(&gone_id));
+    let emu_task = emu
+        .state()
+        .tasks
+        .iter()
+        .find(|x| x.request_id == running.request_id)
+        .cloned();
+    assert!(
+        emu_task.is_some_and(|x| x.instance_ids == [gone_id.clone()]),
+        "status shows the emulator's requestId"
+    );
+    let s = status(&t, "web").await;
+    let b = s.backends.iter().find(|b| b.instance_id == gone_id).unwrap();
+    assert_eq!(
+        (b.state, b.request_id, b.reason.as_deref()),
+        (
+            BackendState::Deregistering,
+            Some(running.request_id),
+            Some("NodeDeleted")
+        )
+    );
+
+    let rest: BTreeSet<String> = ids(&nodes[1..]);
+    let s = wait_ready_with(&t, "web", &rest).await;
+    let done = s
+        .tasks
+        .iter()
+        .find(|x| x.request_id == running.request_id)
+        .unwrap();
+    assert_eq!(done.state, TaskState::Succeeded);
+    assert!(done.completed_at.is_some());
+    assert_eq!(
+        deregister_calls(&emu),
+        [vec![gone_id.clone()]],
+        "one Deregister, for the deleted node only"
+    );
+    assert!(!emu.state().backend_ids(LB).contains(&gone_id));
+}
+
+/// When every matching pod on node A is terminating (deletionTimestamp set, objects still present), A's instance
+/// is deregistered and B's is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_targets_deregister_a_node_whose_pods_all_terminate() {
+    let (t, emu) = setup("pod-targets").await;
+    let tok = token();
+    let nodes = nodes(&t, &tok, 2).await;
+    let pods: Api<Pod> = t.api();
+    for (i, node) in [0, 0, 1].into_iter().enumerate() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": format!("web-{i}"), "labels": {"app": "web"}},
+            "spec": {"nodeName": nodes[node].0, "containers": [{"name": "c", "image": "fake"}]},
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+        // No kubelet here: report the pod Running and Ready the way a kubelet would.
+        let ready =
+            json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}});
+        pods.patch_status(
+            &format!("web-{i}"),
+            &PatchParams::default(),
+            &Patch::Merge(&ready),
+        )
+        .await
+        .unwrap();
+    }
+    let _op = start_operator(&t, &emu);
+    binding(&t, "web", LB, true, json!({})).await;
+    wait_ready_with(&t, "web", &ids(&nodes)).await;
+
+    // Deleting a bound pod only marks it terminating until its kubelet confirms; none will here.
+    pods.delete("web-0", &DeleteParams::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(deregister_calls(&emu).is_empty(), "node A still runs a Ready pod");
+    pods.delete("web-1", &DeleteParams::default()).await.unwrap();
+    assert!(
+        pods.get("web-1")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_some(),
+        "pod object still present"
+    );
+
+    let s = wait_ready_with(&t, "web", &ids(&nodes[1..])).await;
+    assert_eq!(deregister_calls(&emu), [vec![nodes[0].1.clone()]]);
+    assert!(
+        s.tasks
+            .iter()
+            .any(|x| x.action == TaskAction::Deregister && x.state == TaskState::Succeeded)
+    );
+    assert!(
+        emu.state().backend_ids(LB).contains(&nodes[1].1),
+        "node B's instance untouched"
+    );
+}
+
+/// A failed task is retried with backoff while Degraded=True says why; once tasks succeed the binding converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_tasks_are_retried_with_backoff_until_they_succeed() {
+    let (t, emu) = setup("task-failure").await;
+    emu.set_faults(Faults {
+        task_fail_rate: 1.0,
+        ..emu.faults()
+    })
+    .unwrap();
+    let tok = token();
+    let nodes = nodes(&t, &tok, 1).await;
+    let _op = start_operator(&t, &emu);
+    binding(&t, "web", LB, false, json!({})).await;
+
+    eventually(
+        WAIT,
+        "Degraded=True TaskFailed after two failed attempts",
+        || async {
+            let s = status(&t, "web").await;
+            let failed = s.tasks.iter().filter(|x| x.state == TaskState::Failed).count();
+            (failed >= 2 && condition(&s, "Degraded") == Some(("True".into(), "TaskFailed".into())))
+                .then_some(())
+        },
+    )
+    .await;
+    let submits: Vec<u64> = emu
+        .state()
+        .calls_of(Action::RegisterInstancesWithLoadBalancer)
+        .filter(|c| c.code == 0)
+        .map(|c| c.at_ms)
+        .collect();
+    assert!(submits.len() >= 2);
+    assert!(
+        submits[1] - submits[0] >= 1500,
+        "the retry waited for its backoff: {submits:?}"
+    );
+    let s = status(&t, "web").await;
+    assert!(
+        s.backends.is_empty(),
+        "a failed Register leaves the instance unowned: {:?}",
+        s.backends
+    );
+
+    emu.set_faults(Faults {
+        task_fail_rate: 0.0,
+        ..emu.faults()
+    })
+    .unwrap();
+    let s = wait_ready_with(&t, "web", &ids(&nodes)).await;
+    assert_eq!(condition(&s, "Degraded").map(|c| c.0).as_deref(), Some("False"));
+}
+
+/// Instances the binding does not own are never deregistered, also on deletion; instances already on the LB
+/// are adopted without a Register call; Deregister removes the owned ones before the finalizer goes, Retain keeps
+/// them, and force-finalize releases a binding of an unknown LB with an event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ownership_adoption_and_deletion_policies() {
+    let t = TestNs::new("ownership").await;
+    let tok = token();
+    let foreign = format!("ins-{tok}999");
+    let adoptee = format!("ins-{tok}001"); // node 1's instance, already serving before the binding exists
+    let emu = emulator(&[&foreign, &adoptee], Duration::from_millis(200)).await;
+    let c = emu.credentials();
+    t.credentials_secret("clb-credentials", c.secret_id(), c.secret_key())
+        .await;
+    let nodes = nodes(&t, &tok, 2).await;
+    let _op = start_operator(&t, &emu);
+    let api = t.api::<ClbBackendBinding>();
+    let registers = |emu: &EmulatorHandle| -> Vec<Vec<String>> {
+        emu.state()
+            .calls_of(Action::RegisterInstancesWithLoadBalancer)
+            .filter(|c| c.code == 0)
+            .map(|c| c.instance_ids.clone())
+            .collect()
+    };
+
+    binding(&t, "drop", LB, false, json!({})).await;
+    wait_ready_with(&t, "drop", &ids(&nodes)).await;
+    assert_eq!(
+        registers(&emu),
+        [vec![nodes[0].1.clone()]],
+        "node 1 is adopted, only node 0 is registered"
+    );
+
+    api.delete("drop", &DeleteParams::default()).await.unwrap();
+    eventually(WAIT, "binding drop gone", || async {
+        api.get_opt("drop").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    let deregistered: BTreeSet<String> = deregister_calls(&emu).into_iter().flatten().collect();
+    assert_eq!(
+        deregistered,
+        ids(&nodes),
+        "every owned instance was deregistered before the finalizer went"
+    );
+    assert_eq!(
+        emu.state().backend_ids(LB),
+        std::slice::from_ref(&foreign),
+        "the foreign instance stays"
+    );
+
+    binding(&t, "keep", LB, false, json!({"deletionPolicy": "Retain"})).await;
+    wait_ready_with(&t, "keep", &ids(&nodes)).await;
+    let before = deregister_calls(&emu).len();
+    api.delete("keep", &DeleteParams::default()).await.unwrap();
+    eventually(WAIT, "binding keep gone", || async {
+        api.get_opt("keep").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert_eq!(
+        deregister_calls(&emu).len(),
+        before,
+        "Retain makes no Deregister call"
+    );
+    let on_lb: BTreeSet<String> = emu.state().backend_ids(LB).into_iter().collect();
+    assert!(
+        on_lb.is_superset(&ids(&nodes)) && on_lb.contains(&foreign),
+        "retained: {on_lb:?}"
+    );
+
+    binding(&t, "lost", "lb-doesnotexist", false, json!({})).await;
+    eventually(WAIT, "Degraded LoadBalancerNotFound", || async {
+        let s = status(&t, "lost").await;
+        (condition(&s, "Degraded") == Some(("True".into(), "LoadBalancerNotFound".into()))).then_some(())
+    })
+    .await;
+    let force = json!({"metadata": {"annotations": {"clb.tke.dev/force-finalize": "true"}}});
+    api.patch("lost", &PatchParams::default(), &Patch::Merge(&force))
+        .await
+        .unwrap();
+    api.delete("lost", &DeleteParams::default()).await.unwrap();
+    eventually(WAIT, "binding lost gone", || async {
+        api.get_opt("lost").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    let events: Api<Event> = t.api();
+    eventually(WAIT, "a ForceFinalized event", || async {
+        let list = events.list(&ListParams::default()).await.unwrap();
+        list.items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("ForceFinalized"))
+            .then_some(())
+    })
+    .await;
+    assert!(
+        deregister_calls(&emu).iter().flatten().all(|i| i != &foreign),
+        "the foreign instance was never touched"
+    );
+}
+
+/// The API server rejects invalid bindings with the CRD's own messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_rejects_invalid_bindings_with_readable_messages() {
+    let t = TestNs::new("validation").await;
+    let api = t.api::<ClbBackendBinding>();
+    let both = json!({"nodeSelector": {}, "podSelector": {}});
+    let cases = [
+        (
+            "bad-lb",
+            json!({"loadBalancerId": "LB_1", "region": "gz", "targets": {"nodeSelector": {}}}),
+            "loadBalancerId must be 'lb-'",
+        ),
+        (
+            "both",
+            json!({"loadBalancerId": "lb-a1", "region": "gz", "targets": both}),
+            "exactly one of nodeSelector and podSelector",
+        ),
+        (
+            "none",
+            json!({"loadBalancerId": "lb-a1", "region": "gz", "targets": {}}),
+            "exactly one of nodeSelector and podSelector",
+        ),
+        (
+            "heavy",
+            json!({"loadBalancerId": "lb-a1", "region": "gz", "targets": {"nodeSelector": {}}, "weight": 101}),
+            "weight must be between 0 and 100",
+        ),
+    ];
+    for (name, spec, message) in cases {
+        let obj = json!({"apiVersion": "clb.tke.dev/v1alpha1", "kind": "ClbBackendBinding", "metadata": {"name": name}, "spec": spec});
+        let b: ClbBackendBinding = serde_json::from_value(obj).unwrap();
+        let err = api
+            .create(&PostParams::default(), &b)
+            .await
+            .expect_err(name)
+            .to_string();
+        assert!(err.contains(message), "{name}: {err}");
+    }
+    let ok: ClbBackendBinding = serde_json::from_value(json!({
+        "apiVersion": "clb.tke.dev/v1alpha1", "kind": "ClbBackendBinding", "metadata": {"name": "ok"},
+        "spec": {"loadBalancerId": "lb-a1", "region": "gz", "targets": {"nodeSelector": {}}},
+    }))
+    .unwrap();
+    let created = api.create(&PostParams::default(), &ok).await.unwrap();
+    assert_eq!(created.spec.weight, 10, "defaults are applied by the API server");
+    let change = json!({"spec": {"loadBalancerId": "lb-b2"}});
+    let err = api
+        .patch("ok", &PatchParams::default(), &Patch::Merge(&change))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("loadBalancerId is immutable"), "{err}");
+}
+
+/// 45 nodes removed at once are deregistered in 3 calls; a resync of the unchanged binding writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mass_removal_is_batched_and_resync_is_free() {
+    let (t, emu) = setup("batching").await;
+    let tok = token();
+    let nodes = nodes(&t, &tok, 100).await;
+    let mut args = run_args(&t, &emu);
+    args.resync = Duration::from_secs(1);
+    let _op = Operator(tokio::spawn(async move {
+        clb_operator::controller::run(args).await.unwrap();
+    }));
+    binding(&t, "web", LB, false, json!({})).await;
+    wait_ready_with(&t, "web", &ids(&nodes)).await;
+
+    // Several resyncs of an unchanged binding: no CLB call at all, let alone a write.
+    let calls_before = emu.state().calls.len();
+    let rv_before = t
+        .api::<ClbBackendBinding>()
+        .get("web")
+        .await
+        .unwrap()
+        .resource_version();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(emu.state().calls.len(), calls_before, "resync made CLB calls");
+    let rv_after = t
+        .api::<ClbBackendBinding>()
+        .get("web")
+        .await
+        .unwrap()
+        .resource_version();
+    assert_eq!(rv_before, rv_after, "resync rewrote an unchanged status");
+
+    // Remove 45 nodes in one request.
+    let doomed: Vec<(String, String)> = nodes[..45].to_vec();
+    let api: Api<Node> = Api::all(t.client.clone());
+    for (name, _) in &doomed {
+        api.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"labels": {"doomed": t.ns}}})),
+        )
+        .await
+        .unwrap();
+    }
+    api.delete_collection(
+        &DeleteParams::default(),
+        &ListParams::default().labels(&format!("doomed={}", t.ns)),
+    )
+    .await
+    .unwrap();
+    wait_ready_with(&t, "web", &ids(&nodes[45..])).await;
+    let calls = deregister_calls(&emu);
+    assert_eq!(
+        calls.len(),
+        3,
+        "45 instances in 3 calls, got {:?}",
+        calls.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        calls.iter().flatten().cloned().collect::<BTreeSet<_>>(),
+        ids(&doomed)
+    );
+}
+
+/// The operator as a separate process, so that it can be killed without warning.
+struct OperatorProcess(std::process::Child);
+
+impl OperatorProcess {
+    fn start(t: &TestNs, emu: &EmulatorHandle) -> Self {
+        let log = std::fs::File::create(std::env::temp_dir().join(format!("{}-operator.log", t.ns))).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_clb-operator"))
+            .args([
+                "run",
+                "--namespace",
+                &t.ns,
+                "--http-addr",
+                "127.0.0.1:0",
+                "--clb-endpoint",
+                emu.endpoint().as_str(),
+            ])
+            .arg("--kubeconfig")
+            .arg(&t.plane.kubeconfig)
+            .env("RUST_LOG", "info,clb_operator=debug")
+            .env_remove("TENCENTCLOUD_SECRET_ID")
+            .env_remove("TENCENTCLOUD_SECRET_KEY")
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Self(child)
+    }
+
+    /// SIGKILL: no cleanup, no final status write.
+    fn kill(mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Killed with SIGKILL while a 5 s Deregister task runs, a restarted operator polls the same requestId instead of
+/// submitting again, and reaches the right final status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_operator_resumes_polling_the_same_task() {
+    let (t, emu) = setup("crash-safety").await;
+    let tok = token();
+    let nodes = nodes(&t, &tok, 2).await;
+    let op = OperatorProcess::start(&t, &emu);
+    binding(&t, "web", LB, false, json!({})).await;
+    wait_ready_with(&t, "web", &ids(&nodes)).await;
+
+    emu.set_faults(Faults {
+        task_duration: Duration::from_secs(5),
+        ..emu.faults()
+    })
+    .unwrap();
+    let (gone_node, gone_id) = nodes[0].clone();
+    Api::<Node>::all(t.client.clone())
+        .delete(&gone_node, &DeleteParams::default())
+        .await
+        .unwrap();
+    let running = eventually(WAIT, "the Deregister task Running in the status", || async {
+        let s = status(&t, "web").await;
+        s.tasks
+            .iter()
+            .find(|x| x.action == TaskAction::Deregister && x.state == TaskState::Running)
+            .cloned()
+    })
+    .await;
+    op.kill();
+    let killed_at_ms = emu.state().calls.last().map(|c| c.at_ms).unwrap_or_default();
+
+    let _op = OperatorProcess::start(&t, &emu);
+    let s = wait_ready_with(&t, "web", &ids(&nodes[1..])).await;
+    let task = s
+        .tasks
+        .iter()
+        .find(|x| x.request_id == running.request_id)
+        .unwrap();
+    assert_eq!(task.state, TaskState::Succeeded, "the same requestId finished");
+    let deregisters: Vec<Vec<String>> = deregister_calls(&emu);
+    assert_eq!(
+        deregisters,
+        [vec![gone_id]],
+        "no second Deregister after the restart"
+    );
+    let polls_after_restart = emu
+        .state()
+        .calls_of(Action::DescribeLoadBalancersTaskResult)
+        .filter(|c| c.at_ms > killed_at_ms && c.request_id == Some(running.request_id))
+        .count();
+    assert!(
+        polls_after_restart >= 1,
+        "the restarted operator polled requestId {}",
+        running.request_id
+    );
+}
