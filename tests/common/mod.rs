@@ -246,7 +246,10 @@ pub fn try_kubectl(args: &[&str]) -> Result<String, String> {
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(format!("kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr)))
+        Err(format!(
+            "kubectl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 }
 
