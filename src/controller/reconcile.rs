@@ -33,6 +33,7 @@ use crate::{
         FORCE_FINALIZE_ANNOTATION, MANAGER, TaskAction, TaskRecord,
     },
     clb::{self, ClbClient, ClbError, Credentials, Submitted},
+    metrics::BindingCounts,
 };
 
 /// Wait before looking again at a binding whose credentials are missing: they are usually fixed by hand.
@@ -47,6 +48,16 @@ pub async fn reconcile(binding: Arc<ClbBackendBinding>, ctx: Arc<Context>) -> Re
     let api: Api<ClbBackendBinding> = Api::namespaced(ctx.client.clone(), &ns);
     let key = ObjectRef::from_obj(&*binding);
     let started = std::time::Instant::now();
+    // The controller starts with its bindings listed, but the node and pod caches fill on their own streams;
+    // acting on a partial list would deregister healthy instances.
+    ctx.nodes
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::CacheClosed("nodes"))?;
+    ctx.pods
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::CacheClosed("pods"))?;
     let result = finalizer(&api, FINALIZER, binding, |event| async {
         match event {
             Finalizer::Apply(b) => Sync::new(b, api.clone(), &ctx).apply().await,
@@ -58,6 +69,13 @@ pub async fn reconcile(binding: Arc<ClbBackendBinding>, ctx: Arc<Context>) -> Re
     if result.is_ok() {
         ctx.failures_reset(&key);
     }
+    // A deletion waiting for its tasks is not a failure.
+    let failure = result
+        .as_ref()
+        .err()
+        .filter(|e| e.retry_after().is_none())
+        .map(Error::kind);
+    ctx.metrics.reconciled(started.elapsed(), failure);
     debug!(binding = %key, elapsed_ms = started.elapsed().as_millis() as u64, ok = result.is_ok(), "Reconciled");
     result
 }
@@ -344,6 +362,7 @@ impl<'a> Sync<'a> {
                 clb::TaskState::Failed => false,
             };
             self.ctx.polls.forget(request_id);
+            self.ctx.deregister_finished(request_id, succeeded);
             let Some((action, ids)) =
                 status::task_finished(&mut self.status, request_id, succeeded, self.now)
             else {
@@ -390,6 +409,8 @@ impl<'a> Sync<'a> {
                         .cloned()
                         .collect();
                     info!(binding = %self.key, request_id, instances = batch.len(), "Deregister submitted");
+                    let signals = batch.iter().map(|(id, _)| self.signal_seen(id)).collect();
+                    self.ctx.deregister_submitted(request_id, signals);
                     status::deregister_submitted(&mut self.status, request_id, &batch, self.now);
                     self.ctx.polls.submitted(request_id);
                 }
@@ -457,6 +478,17 @@ impl<'a> Sync<'a> {
         Ok(())
     }
 
+    /// When the operator saw the change that makes `instance` leave: the last event about its node, or now.
+    fn signal_seen(&self, instance: &str) -> std::time::Instant {
+        self.status
+            .backends
+            .iter()
+            .find(|b| b.instance_id == instance)
+            .and_then(|b| b.node.as_deref())
+            .and_then(|node| self.ctx.signals.last(node))
+            .unwrap_or_else(std::time::Instant::now)
+    }
+
     /// Whether the back-off after failed tasks of `action` allows a new submission now.
     fn may_submit(&self, action: TaskAction) -> bool {
         plan::retry_at(&self.status.tasks, action).is_none_or(|at| at <= self.now)
@@ -508,6 +540,14 @@ impl<'a> Sync<'a> {
         if self.problem.is_none() {
             self.ctx.reported_reset(&self.key);
         }
+        let count = |state| self.status.backends.iter().filter(|b| b.state == state).count() as i64;
+        let counts = BindingCounts {
+            registering: count(BackendState::Registering),
+            registered: count(BackendState::Registered),
+            deregistering: count(BackendState::Deregistering),
+            tasks: i64::from(self.status.in_flight),
+        };
+        self.ctx.metrics.set_binding(self.key.to_string(), Some(counts));
         Ok(Action::requeue(
             self.next_delay(pending).unwrap_or(self.ctx.settings.resync),
         ))
