@@ -7,4 +7,5 @@ pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod emulator;
+pub mod metrics;
 pub mod telemetry;

@@ -6,187 +6,17 @@ mod common;
 use std::{collections::BTreeSet, time::Duration};
 
 use clb_operator::{
-    api::{BackendState, ClbBackendBinding, ClbBackendBindingStatus, TaskAction, TaskState},
+    api::{BackendState, ClbBackendBinding, TaskAction, TaskState},
     clb::Action,
-    controller::RunArgs,
-    emulator::{self, EmulatorConfig, EmulatorHandle, Faults, SeedLoadBalancer},
+    emulator::{EmulatorHandle, Faults},
 };
-use common::{TestNs, eventually};
+use common::{OperatorProcess, TestNs, eventually, scenario::*};
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::{
     Api, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
-
-const LB: &str = "lb-test0001";
-const WAIT: Duration = Duration::from_secs(30);
-
-/// An emulator on 127.0.0.1 with `LB` seeded with `seeded` instances.
-async fn emulator(seeded: &[&str], task_duration: Duration) -> EmulatorHandle {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let config = EmulatorConfig {
-        faults: Faults {
-            task_duration,
-            ..Faults::default()
-        },
-        load_balancers: vec![SeedLoadBalancer {
-            id: LB.into(),
-            instance_ids: seeded.iter().map(|s| s.to_string()).collect(),
-        }],
-        ..EmulatorConfig::default()
-    };
-    emulator::spawn(config, listener).await.unwrap()
-}
-
-/// The operator, in process, watching only the test's namespace; stops when dropped.
-struct Operator(tokio::task::JoinHandle<()>);
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-fn run_args(t: &TestNs, emu: &EmulatorHandle) -> RunArgs {
-    RunArgs {
-        kubeconfig: Some(t.plane.kubeconfig.clone()),
-        namespace: Some(t.ns.clone()),
-        clb_endpoint: emu.endpoint(),
-        http_addr: "127.0.0.1:0".parse().unwrap(),
-        concurrency: 4,
-        batch_size: 20,
-        rate_limit: 50,
-        resync: Duration::from_secs(300),
-        debounce: Duration::from_millis(100),
-    }
-}
-
-fn start_operator(t: &TestNs, emu: &EmulatorHandle) -> Operator {
-    let args = run_args(t, emu);
-    Operator(tokio::spawn(async move {
-        if let Err(e) = clb_operator::controller::run(args).await {
-            panic!("operator failed: {e:#}");
-        }
-    }))
-}
-
-/// A lowercase alphanumeric token, so instance IDs (`ins-<token><n>`) are unique per test.
-fn token() -> String {
-    let n: u32 = rand::random();
-    format!("{:x}", n)
-}
-
-/// Creates `count` nodes labelled for the test, with TKE provider IDs; returns (node name, instance ID) pairs.
-async fn nodes(t: &TestNs, tok: &str, count: usize) -> Vec<(String, String)> {
-    let api: Api<Node> = Api::all(t.client.clone());
-    let mut out = Vec::new();
-    for i in 0..count {
-        let name = format!("{}-n{i}", t.ns);
-        let id = format!("ins-{tok}{i:03}");
-        let node: Node = serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": {"clb-test": t.ns}},
-            "spec": {"providerID": format!("qcloud:///100003/{id}")},
-        }))
-        .unwrap();
-        api.create(&PostParams::default(), &node).await.unwrap();
-        out.push((name, id));
-    }
-    out
-}
-
-/// A binding named `name` selecting the test's nodes (or, with `pods`, the test's `app=web` pods).
-async fn binding(
-    t: &TestNs,
-    name: &str,
-    lb: &str,
-    pods: bool,
-    extra: serde_json::Value,
-) -> ClbBackendBinding {
-    let targets = if pods {
-        json!({"podSelector": {"matchLabels": {"app": "web"}}})
-    } else {
-        json!({"nodeSelector": {"matchLabels": {"clb-test": t.ns}}})
-    };
-    let mut spec = json!({
-        "loadBalancerId": lb, "region": "gz", "targets": targets,
-        "credentialsSecretRef": {"name": "clb-credentials"},
-    });
-    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
-        spec.extend(extra.clone());
-    }
-    let b: ClbBackendBinding = serde_json::from_value(json!({
-        "apiVersion": "clb.tke.dev/v1alpha1", "kind": "ClbBackendBinding",
-        "metadata": {"name": name}, "spec": spec,
-    }))
-    .unwrap();
-    t.api::<ClbBackendBinding>()
-        .create(&PostParams::default(), &b)
-        .await
-        .unwrap()
-}
-
-async fn status(t: &TestNs, name: &str) -> ClbBackendBindingStatus {
-    t.api::<ClbBackendBinding>()
-        .get(name)
-        .await
-        .unwrap()
-        .status
-        .unwrap_or_default()
-}
-
-fn condition(s: &ClbBackendBindingStatus, type_: &str) -> Option<(String, String)> {
-    s.conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone()))
-}
-
-fn is_ready(s: &ClbBackendBindingStatus) -> bool {
-    condition(s, "Ready").is_some_and(|(v, _)| v == "True")
-}
-
-fn registered(s: &ClbBackendBindingStatus) -> BTreeSet<String> {
-    s.backends
-        .iter()
-        .filter(|b| b.state == BackendState::Registered)
-        .map(|b| b.instance_id.clone())
-        .collect()
-}
-
-/// Waits until the binding is Ready with exactly `ids` registered.
-async fn wait_ready_with(t: &TestNs, name: &str, ids: &BTreeSet<String>) -> ClbBackendBindingStatus {
-    eventually(
-        WAIT,
-        &format!("{name} Ready with {ids:?} ({})", t.logs_hint()),
-        || async {
-            let s = status(t, name).await;
-            (is_ready(&s) && &registered(&s) == ids && s.backends.len() == ids.len()).then_some(s)
-        },
-    )
-    .await
-}
-
-fn deregister_calls(emu: &EmulatorHandle) -> Vec<Vec<String>> {
-    emu.state()
-        .calls_of(Action::DeregisterInstancesFromLoadBalancer)
-        .filter(|c| c.code == 0)
-        .map(|c| c.instance_ids.clone())
-        .collect()
-}
-
-fn ids(pairs: &[(String, String)]) -> BTreeSet<String> {
-    pairs.iter().map(|(_, id)| id.clone()).collect()
-}
-
-async fn setup(test: &str) -> (TestNs, EmulatorHandle) {
-    let t = TestNs::new(test).await;
-    let emu = emulator(&[], Duration::from_millis(300)).await;
-    let c = emu.credentials();
-    t.credentials_secret("clb-credentials", c.secret_id(), c.secret_key())
-        .await;
-    (t, emu)
-}
 
 /// Three nodes are registered; deleting one deregisters exactly its instance, the status shows the task Running
 /// with the emulator's requestId, then Succeeded with the instance gone, and Ready again.
@@ -587,47 +417,6 @@ async fn mass_removal_is_batched_and_resync_is_free() {
     );
 }
 
-/// The operator as a separate process, so that it can be killed without warning.
-struct OperatorProcess(std::process::Child);
-
-impl OperatorProcess {
-    fn start(t: &TestNs, emu: &EmulatorHandle) -> Self {
-        let log = std::fs::File::create(std::env::temp_dir().join(format!("{}-operator.log", t.ns))).unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_clb-operator"))
-            .args([
-                "run",
-                "--namespace",
-                &t.ns,
-                "--http-addr",
-                "127.0.0.1:0",
-                "--clb-endpoint",
-                emu.endpoint().as_str(),
-            ])
-            .arg("--kubeconfig")
-            .arg(&t.plane.kubeconfig)
-            .env("RUST_LOG", "info,clb_operator=debug")
-            .env_remove("TENCENTCLOUD_SECRET_ID")
-            .env_remove("TENCENTCLOUD_SECRET_KEY")
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Self(child)
-    }
-
-    /// SIGKILL: no cleanup, no final status write.
-    fn kill(mut self) {
-        self.0.kill().unwrap();
-        self.0.wait().unwrap();
-    }
-}
-
-impl Drop for OperatorProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Killed with SIGKILL while a 5 s Deregister task runs, a restarted operator polls the same requestId instead of
 /// submitting again, and reaches the right final status.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -635,7 +424,7 @@ async fn a_killed_operator_resumes_polling_the_same_task() {
     let (t, emu) = setup("crash-safety").await;
     let tok = token();
     let nodes = nodes(&t, &tok, 2).await;
-    let op = OperatorProcess::start(&t, &emu);
+    let op = OperatorProcess::start(&t, &emu.endpoint(), &[], &[]);
     binding(&t, "web", LB, false, json!({})).await;
     wait_ready_with(&t, "web", &ids(&nodes)).await;
 
@@ -660,7 +449,7 @@ async fn a_killed_operator_resumes_polling_the_same_task() {
     op.kill();
     let killed_at_ms = emu.state().calls.last().map(|c| c.at_ms).unwrap_or_default();
 
-    let _op = OperatorProcess::start(&t, &emu);
+    let _op = OperatorProcess::start(&t, &emu.endpoint(), &[], &[]);
     let s = wait_ready_with(&t, "web", &ids(&nodes[1..])).await;
     let task = s
         .tasks

@@ -160,7 +160,12 @@ pub struct ClbClient {
     shared: Arc<Shared>,
     credentials: Arc<Credentials>,
     region: Arc<str>,
+    observer: Option<Observer>,
 }
+
+/// Called after every send (retries included) with the action, its outcome and how long the request took
+/// (rate-limit waits excluded); the operator feeds its metrics from it.
+pub type Observer = Arc<dyn Fn(Action, Result<(), &ClbError>, Duration) + Send + Sync>;
 
 impl fmt::Debug for ClbClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -219,7 +224,16 @@ impl ClbClient {
             shared,
             credentials: Arc::new(credentials),
             region,
+            observer: None,
         })
+    }
+
+    /// The same client reporting every send to `observer`.
+    pub fn with_observer(&self, observer: Observer) -> Self {
+        Self {
+            observer: Some(observer),
+            ..self.clone()
+        }
     }
 
     /// The same client (connection pool, rate limiters, configuration) acting with other credentials, such as
@@ -404,13 +418,21 @@ impl ClbClient {
         convert: fn(T) -> Result<U, String>,
     ) -> Result<U, ClbError> {
         let attempt = AtomicU32::new(0);
-        (|| {
-            self.send_once(
-                action,
-                params,
-                convert,
-                attempt.fetch_add(1, Ordering::Relaxed) + 1,
-            )
+        (|| async {
+            self.shared.limiters[action.index()].until_ready().await;
+            let started = Instant::now();
+            let result = self
+                .send_once(
+                    action,
+                    params,
+                    convert,
+                    attempt.fetch_add(1, Ordering::Relaxed) + 1,
+                )
+                .await;
+            if let Some(observe) = &self.observer {
+                observe(action, result.as_ref().map(|_| ()), started.elapsed());
+            }
+            result
         })
         .retry(self.shared.config.retry.backoff())
         .when(ClbError::is_retryable)
@@ -420,7 +442,8 @@ impl ClbClient {
         .await
     }
 
-    /// One send: wait for the action's rate limiter, sign with a fresh Timestamp and Nonce, send, decode.
+    /// One send (after the action's rate limiter let it through): sign with a fresh Timestamp and Nonce, send,
+    /// decode.
     async fn send_once<T: DeserializeOwned, U>(
         &self,
         action: Action,
@@ -434,8 +457,6 @@ impl ClbClient {
                 "no credentials: the SecretId or the SecretKey is empty".into(),
             ));
         }
-        self.shared.limiters[action.index()].until_ready().await;
-
         let params = self.signed_params(action, action_params);
         let encoded = sign::urlencode(&params);
         // The method is part of the signed string, so it is chosen before signing. Too long a GET URL is

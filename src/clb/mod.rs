@@ -14,7 +14,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-pub use client::{ClbClient, ClientConfig, DEFAULT_ENDPOINT, HttpMethod, RetryConfig};
+pub use client::{ClbClient, ClientConfig, DEFAULT_ENDPOINT, HttpMethod, Observer, RetryConfig};
 pub use credentials::{Credentials, ENV_SECRET_ID, ENV_SECRET_KEY, ENV_SESSION_TOKEN, SecretString};
 pub use error::{CODE_NOT_FOUND, ClbError, RETRYABLE_CODES};
 pub use sign::SignMethod;

@@ -4,6 +4,7 @@
 pub mod error;
 pub mod http;
 pub mod index;
+pub mod leader;
 pub mod membership;
 pub mod plan;
 mod polls;
@@ -14,7 +15,7 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet},
     path::PathBuf,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -39,6 +40,7 @@ pub use polls::PollSchedule;
 use crate::{
     api::{ClbBackendBinding, ClbBackendBindingStatus, INSTANCE_ID_ANNOTATION, MANAGER},
     clb::{ClbClient, ClientConfig, Credentials, PollBackoff},
+    metrics::Metrics,
 };
 use index::BindingIndex;
 
@@ -51,6 +53,16 @@ pub struct Settings {
     pub resync: Duration,
     /// Task polling schedule.
     pub poll: PollBackoff,
+}
+
+/// What the node and pod watches maintain.
+pub struct Caches {
+    /// Trimmed cache of every node.
+    pub nodes: Store<Node>,
+    /// Trimmed cache of the pods in scope.
+    pub pods: Store<Pod>,
+    /// When a change about each node was last seen.
+    pub signals: Arc<SignalClock>,
 }
 
 /// Everything a reconcile needs, shared by all of them.
@@ -73,6 +85,13 @@ pub struct Context {
     pub settings: Settings,
     /// When each running task is next polled.
     pub polls: PollSchedule,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// When the operator last saw a change about each node (the node itself or a pod on it): the "signal" time
+    /// deregistration latency is measured from.
+    pub signals: Arc<SignalClock>,
+    /// For running Deregister tasks: when the signal behind each of its instances was seen.
+    deregister_signals: Mutex<HashMap<u64, Vec<Instant>>>,
     written: Mutex<HashMap<Key, Written>>,
     failures: Mutex<HashMap<Key, u32>>,
     reported: Mutex<HashMap<Key, HashSet<String>>>,
@@ -88,12 +107,13 @@ impl Context {
     /// Builds a context around the given caches and clients.
     pub fn new(
         client: Client,
-        nodes: Store<Node>,
-        pods: Store<Pod>,
+        caches: Caches,
         clb: ClbClient,
         default_credentials: Option<Credentials>,
         settings: Settings,
+        metrics: Arc<Metrics>,
     ) -> Self {
+        let Caches { nodes, pods, signals } = caches;
         let reporter = Reporter {
             controller: MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -108,6 +128,9 @@ impl Context {
             default_credentials,
             polls: PollSchedule::new(settings.poll),
             settings,
+            metrics,
+            signals,
+            deregister_signals: Mutex::default(),
             written: Mutex::default(),
             failures: Mutex::default(),
             reported: Mutex::default(),
@@ -175,8 +198,30 @@ impl Context {
         }
     }
 
+    /// Remembers when the signals behind a submitted Deregister task were seen.
+    fn deregister_submitted(&self, request_id: u64, signals: Vec<Instant>) {
+        if let Ok(mut d) = self.deregister_signals.lock() {
+            d.insert(request_id, signals);
+        }
+    }
+
+    /// Records the deregistration latency of a finished Deregister task (if it was submitted by this process).
+    fn deregister_finished(&self, request_id: u64, succeeded: bool) {
+        let signals = self
+            .deregister_signals
+            .lock()
+            .ok()
+            .and_then(|mut d| d.remove(&request_id));
+        if succeeded {
+            for seen in signals.into_iter().flatten() {
+                self.metrics.deregistered(seen.elapsed());
+            }
+        }
+    }
+
     /// Forgets everything about a binding that is going away.
     fn forget(&self, key: &Key) {
+        self.metrics.set_binding(key.to_string(), None);
         self.index.remove(key);
         self.failures_reset(key);
         self.reported_reset(key);
@@ -236,6 +281,24 @@ impl Context {
     }
 }
 
+/// Last time a change about each node was seen.
+#[derive(Debug, Default)]
+pub struct SignalClock(Mutex<HashMap<String, Instant>>);
+
+impl SignalClock {
+    /// Notes a change about `node` now.
+    pub fn saw(&self, node: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(node.to_owned(), Instant::now());
+        }
+    }
+
+    /// When a change about `node` was last seen.
+    pub fn last(&self, node: &str) -> Option<Instant> {
+        self.0.lock().ok()?.get(node).copied()
+    }
+}
+
 fn rv_number(rv: Option<String>) -> Option<u64> {
     rv?.parse().ok()
 }
@@ -275,11 +338,47 @@ pub struct RunArgs {
     /// becomes a few full batches instead of many small calls.
     #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
     pub debounce: Duration,
+    /// Hold a coordination.k8s.io Lease so that only one replica reconciles (for more than one replica).
+    #[arg(long, env = "LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// Namespace of the leader Lease: the operator's own.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub leader_election_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "clb-operator")]
+    pub leader_election_lease: String,
+    /// How long the lease holds without renewal; a standby takes over about this long after the leader dies.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
 }
 
 /// Runs the operator until SIGINT or SIGTERM.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = kube_client(args.kubeconfig.as_deref()).await?;
+    let metrics = Arc::new(Metrics::new());
+    let ready = http::Readiness::default();
+    let listener = tokio::net::TcpListener::bind(args.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on --http-addr {}", args.http_addr))?;
+    tokio::spawn(http::serve(listener, ready.clone(), metrics.clone()));
+
+    // Held for the life of the controller; losing the lease ends the process.
+    let _lease = if args.leader_elect {
+        ready.set_standby();
+        let settings = leader::LeaseSettings {
+            namespace: args.leader_election_namespace.clone(),
+            name: args.leader_election_lease.clone(),
+            duration: args.lease_duration,
+        };
+        let guard = leader::lead(client.clone(), &settings).await?;
+        ready.set_syncing();
+        metrics.set_leader(true);
+        Some(guard)
+    } else {
+        metrics.set_leader(true);
+        None
+    };
+
     let bindings: Api<ClbBackendBinding> = match &args.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
@@ -288,11 +387,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "cannot list ClbBackendBindings; is the CRD installed? (clb-operator crd | kubectl apply -f -)",
     )?;
 
+    let signals = Arc::new(SignalClock::default());
     let (nodes, node_writer) = reflector::store();
-    let node_events = changes_only(reflector::reflector(
-        node_writer,
-        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).modify(trim_node),
-    ))
+    let node_signals = signals.clone();
+    let node_events = changes_only(
+        reflector::reflector(
+            node_writer,
+            watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).modify(trim_node),
+        ),
+        move |node: &Node| node_signals.saw(&node.name_any()),
+    )
     .default_backoff()
     .touched_objects();
     let pod_api: Api<Pod> = match &args.namespace {
@@ -300,10 +404,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         None => Api::all(client.clone()),
     };
     let (pods, pod_writer) = reflector::store();
-    let pod_events = changes_only(reflector::reflector(
-        pod_writer,
-        watcher(pod_api, watcher::Config::default()).modify(trim_pod),
-    ))
+    let pod_signals = signals.clone();
+    let pod_events = changes_only(
+        reflector::reflector(
+            pod_writer,
+            watcher(pod_api, watcher::Config::default()).modify(trim_pod),
+        ),
+        move |pod: &Pod| {
+            if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
+                pod_signals.saw(node);
+            }
+        },
+    )
     .default_backoff()
     .touched_objects();
 
@@ -323,22 +435,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| Credentials::new("", "", None)),
     )
-    .context("building the CLB client")?;
+    .context("building the CLB client")?
+    .with_observer(metrics.clb_observer());
     let settings = Settings {
         resync: args.resync,
         poll: PollBackoff::default(),
     };
+    let caches = Caches {
+        nodes: nodes.clone(),
+        pods: pods.clone(),
+        signals,
+    };
     let ctx = Arc::new(Context::new(
         client,
-        nodes.clone(),
-        pods.clone(),
+        caches,
         clb,
         default_credentials,
         settings,
+        metrics,
     ));
 
-    let ready = http::Readiness::default();
-    tokio::spawn(http::serve(args.http_addr, ready.clone()));
     {
         let (nodes, pods, ready) = (nodes.clone(), pods.clone(), ready.clone());
         tokio::spawn(async move {
@@ -389,8 +505,10 @@ pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result
 /// Passes on deletions and the updates that change what membership reads (the trimmed object), and drops the
 /// rest: node heartbeats and pod status churn would otherwise wake every binding that looks at those objects.
 /// The stores behind it still see every event.
+/// `on_change` is told about every change that passes.
 fn changes_only<K, S>(
     events: S,
+    on_change: impl Fn(&K) + Send + 'static,
 ) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
 where
     K: Resource + serde::Serialize + Clone + Send + 'static,
@@ -401,14 +519,20 @@ where
         let keep = match event {
             Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => {
                 let digest = content_digest(obj);
-                seen.lock()
+                let changed = seen
+                    .lock()
                     .map(|mut s| s.insert(object_key(obj), digest) != Some(digest))
-                    .unwrap_or(true)
+                    .unwrap_or(true);
+                if changed {
+                    on_change(obj);
+                }
+                changed
             }
             Ok(watcher::Event::Delete(obj)) => {
                 if let Ok(mut s) = seen.lock() {
                     s.remove(&object_key(obj));
                 }
+                on_change(obj);
                 true
             }
             _ => true,

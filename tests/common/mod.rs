@@ -2,6 +2,8 @@
 //! `TESTENV_KUBECONFIG`), the CRDs from `crds/` installed, and a namespace of its own for every test.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod scenario;
+
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -265,4 +267,58 @@ pub async fn kubectl(args: &[&str]) -> String {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     panic!("{last}");
+}
+
+/// The operator as a separate process (the built binary), watching only the test's namespace, so that it can be
+/// killed without warning. Its log goes to a file named after the namespace and `name`, in the temp folder.
+pub struct OperatorProcess {
+    child: std::process::Child,
+    /// Where its log is.
+    pub log: PathBuf,
+}
+
+impl OperatorProcess {
+    /// Starts `clb-operator run` against `endpoint`, with `extra` arguments and `env` variables.
+    pub fn start(t: &TestNs, endpoint: &url::Url, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let log = std::env::temp_dir().join(format!("{}-operator-{}.log", t.ns, rand::random::<u16>()));
+        let child = Command::new(env!("CARGO_BIN_EXE_clb-operator"))
+            .args(["run", "--namespace", &t.ns, "--clb-endpoint", endpoint.as_str()])
+            .arg("--kubeconfig")
+            .arg(&t.plane.kubeconfig)
+            .args(if extra.iter().any(|a| a.starts_with("--http-addr")) {
+                &[][..]
+            } else {
+                &["--http-addr", "127.0.0.1:0"][..]
+            })
+            .args(extra)
+            .env("RUST_LOG", "info,clb_operator=debug")
+            .env_remove("TENCENTCLOUD_SECRET_ID")
+            .env_remove("TENCENTCLOUD_SECRET_KEY")
+            .envs(env.iter().copied())
+            .stderr(std::fs::File::create(&log).expect("operator log file"))
+            .spawn()
+            .expect("start the operator binary");
+        Self { child, log }
+    }
+
+    /// SIGKILL: no cleanup, no final status write, no lease release.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }

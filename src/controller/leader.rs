@@ -1,0 +1,70 @@
+//! Leader election on a `coordination.k8s.io` Lease (kube-lease-manager): only the holder reconciles, and a
+//! replica that loses the lease exits at once, so two replicas never write at the same time.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use kube::Client;
+use kube_lease_manager::LeaseManagerBuilder;
+use tokio::{sync::watch, task::JoinHandle};
+use tracing::{error, info};
+
+use crate::api::MANAGER;
+
+/// Where the lease lives and how long it holds.
+#[derive(Clone, Debug)]
+pub struct LeaseSettings {
+    /// Namespace of the Lease (the operator's own).
+    pub namespace: String,
+    /// Name of the Lease.
+    pub name: String,
+    /// How long a lease holds without renewal; a standby takes over this long after the leader dies.
+    pub duration: Duration,
+}
+
+/// This replica's identity in the lease: the pod name when running in a cluster.
+pub fn identity() -> String {
+    std::env::var("POD_NAME").unwrap_or_else(|_| format!("{MANAGER}-{:08x}", rand::random::<u32>()))
+}
+
+/// Waits until this replica holds the lease, then watches it in the background: losing it (or the lease task
+/// failing) ends the process, since a replica without the lease must not write anything.
+pub async fn lead(client: Client, settings: &LeaseSettings) -> anyhow::Result<JoinHandle<()>> {
+    let secs = settings.duration.as_secs().max(3);
+    let identity = identity();
+    let manager = LeaseManagerBuilder::new(client, &settings.name)
+        .with_namespace(&settings.namespace)
+        .with_identity(&identity)
+        .with_duration(secs)
+        // Renew a third of the duration early; this is also the clock skew between nodes that is tolerated.
+        .with_grace(secs / 3)
+        .with_field_manager(format!("{MANAGER}-lease"))
+        .build()
+        .await
+        .context("setting up the leader lease")?;
+    let (mut leading, task) = manager.watch().await;
+    info!(lease = %settings.name, namespace = %settings.namespace, %identity, "Waiting for the leader lease");
+    leading
+        .wait_for(|l| *l)
+        .await
+        .context("the leader lease task stopped")?;
+    info!(%identity, "Acquired the leader lease");
+    Ok(tokio::spawn(watch_loss(leading, task)))
+}
+
+async fn watch_loss(
+    mut leading: watch::Receiver<bool>,
+    task: JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>,
+) {
+    // NB: the guard `wait_for` returns must not live across the next await.
+    let lost = leading.wait_for(|l| !*l).await.is_ok();
+    let reason = match lost {
+        true => "lost the leader lease".to_owned(),
+        false => match task.await {
+            Ok(Err(e)) => format!("the leader lease task failed: {e}"),
+            _ => "the leader lease task stopped".to_owned(),
+        },
+    };
+    error!(reason, "Exiting so that no write happens without the lease");
+    std::process::exit(1);
+}
