@@ -726,3 +726,41 @@ async fn install_refuses_bad_values() {
     let releases = helm_in_cluster(&["list", "--namespace", &t.ns, "-q"]).unwrap();
     assert!(releases.trim().is_empty(), "{releases}");
 }
+
+/// The operator really works with nothing but the chart's rights: run as the chart's ServiceAccount (a token
+/// from the TokenRequest API), with leader election, it takes the lease, reads a binding's Secret, registers and
+/// deregisters, and writes status, finalizers and events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_works_with_exactly_the_charts_rights() {
+    use common::scenario::*;
+    let _serial = INSTALLS.lock().await;
+    let (t, emu) = setup("chart-rights").await;
+    let release = Release::install(&t.ns, &[]);
+    let token = common::try_kubectl(&["create", "token", SA, "-n", &t.ns, "--duration=1h"]).unwrap();
+    let admin = std::fs::read_to_string(&t.plane.kubeconfig).unwrap();
+    let start = admin.find("token: \"").expect("token in the test kubeconfig") + "token: \"".len();
+    let end = start + admin[start..].find('"').unwrap();
+    let as_sa = format!("{}{}{}", &admin[..start], token.trim(), &admin[end..]);
+    let kubeconfig = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(kubeconfig.path(), as_sa).unwrap();
+
+    let tok = token_suffix();
+    let nodes = nodes(&t, &tok, 2).await;
+    let kc = format!("--kubeconfig={}", kubeconfig.path().display());
+    let lease_ns = format!("--leader-election-namespace={}", t.ns);
+    let _op = common::OperatorProcess::start(
+        &t,
+        &emu.endpoint(),
+        &[kc.as_str(), "--leader-elect", lease_ns.as_str()],
+        &[("POD_NAME", "chart-rights-0")],
+    );
+    binding(&t, "web", LB, false, serde_json::json!({})).await;
+    wait_ready_with(&t, "web", &ids(&nodes)).await;
+    let api: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(t.client.clone());
+    api.delete(&nodes[0].0, &Default::default()).await.unwrap();
+    wait_ready_with(&t, "web", &ids(&nodes[1..])).await;
+    assert_eq!(deregister_calls(&emu), [vec![nodes[0].1.clone()]]);
+    let events = common::try_kubectl(&["get", "events", "-n", &t.ns, "-o", "name"]).unwrap();
+    assert!(!events.trim().is_empty(), "the operator published events");
+    drop(release);
+}

@@ -36,7 +36,7 @@ fn sample(text: &str, line_start: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standby_takes_over_a_running_task_when_the_leader_dies() {
     let (t, emu) = setup("leader").await;
-    let tok = token();
+    let tok = token_suffix();
     let nodes = nodes(&t, &tok, 2).await;
     let (port_a, port_b) = (free_port(), free_port());
     let start = |name: &str, port: u16| {
@@ -138,7 +138,7 @@ async fn standby_takes_over_a_running_task_when_the_leader_dies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_show_the_work_done() {
     let (t, emu) = setup("metrics").await;
-    let tok = token();
+    let tok = token_suffix();
     let nodes = nodes(&t, &tok, 2).await;
     let port = free_port();
     let addr = format!("--http-addr=127.0.0.1:{port}");

@@ -23,7 +23,7 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_targets_register_all_and_deregister_a_deleted_node() {
     let (t, emu) = setup("node-targets").await;
-    let tok = token();
+    let tok = token_suffix();
     let nodes = nodes(&t, &tok, 3).await;
     let _op = start_operator(&t, &emu);
     binding(&t, "web", LB, false, json!({})).await;
@@ -96,7 +96,7 @@ async fn node_targets_register_all_and_deregister_a_deleted_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_targets_deregister_a_node_whose_pods_all_terminate() {
     let (t, emu) = setup("pod-targets").await;
-    let tok = token();
+    let tok = token_suffix();
     let nodes = nodes(&t, &tok, 2).await;
     let pods: Api<Pod> = t.api();
     for (i, node) in [0, 0, 1].into_iter().enumerate() {
@@ -158,7 +158,7 @@ async fn failed_tasks_are_retried_with_backoff_until_they_succeed() {
         ..emu.faults()
     })
     .unwrap();
-    let tok = token();
+    let tok = token_suffix();
     let nodes = nodes(&t, &tok, 1).await;
     let _op = start_operator(&t, &emu);
     binding(&t, "web", LB, false, json!({})).await;
@@ -207,7 +207,7 @@ async fn failed_tasks_are_retried_with_backoff_until_they_succeed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ownership_adoption_and_deletion_policies() {
     let t = TestNs::new("ownership").await;
-    let tok = token();
+    let tok = token_suffix();
     let foreign = format!("ins-{tok}999");
     let adoptee = format!("ins-{tok}001"); // node 1's instance, already serving before the binding exists
     let emu = emulator(&[&foreign, &adoptee], Duration::from_millis(200)).await;
@@ -357,7 +357,7 @@ async fn api_server_rejects_invalid_bindings_with_readable_messages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mass_removal_is_batched_and_resync_is_free() {
     let (t, emu) = setup("batching").await;
-    let tok = token();
+    let tok = token_suffix();
     let nodes = nodes(&t, &tok, 100).await;
     let mut args = run_args(&t, &emu);
     args.resync = Duration::from_secs(1);
@@ -422,7 +422,7 @@ async fn mass_removal_is_batched_and_resync_is_free() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_operator_resumes_polling_the_same_task() {
     let (t, emu) = setup("crash-safety").await;
-    let tok = token();
+    let tok = token_suffix();
     let nodes = nodes(&t, &tok, 2).await;
     let op = OperatorProcess::start(&t, &emu.endpoint(), &[], &[]);
     binding(&t, "web", LB, false, json!({})).await;

@@ -281,15 +281,17 @@ impl OperatorProcess {
     /// Starts `clb-operator run` against `endpoint`, with `extra` arguments and `env` variables.
     pub fn start(t: &TestNs, endpoint: &url::Url, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let log = std::env::temp_dir().join(format!("{}-operator-{}.log", t.ns, rand::random::<u16>()));
+        let has = |flag: &str| extra.iter().any(|a| a.starts_with(flag));
+        let mut defaults: Vec<String> = Vec::new();
+        if !has("--kubeconfig") {
+            defaults.push(format!("--kubeconfig={}", t.plane.kubeconfig.display()));
+        }
+        if !has("--http-addr") {
+            defaults.push("--http-addr=127.0.0.1:0".into());
+        }
         let child = Command::new(env!("CARGO_BIN_EXE_clb-operator"))
             .args(["run", "--namespace", &t.ns, "--clb-endpoint", endpoint.as_str()])
-            .arg("--kubeconfig")
-            .arg(&t.plane.kubeconfig)
-            .args(if extra.iter().any(|a| a.starts_with("--http-addr")) {
-                &[][..]
-            } else {
-                &["--http-addr", "127.0.0.1:0"][..]
-            })
+            .args(&defaults)
             .args(extra)
             .env("RUST_LOG", "info,clb_operator=debug")
             .env_remove("TENCENTCLOUD_SECRET_ID")

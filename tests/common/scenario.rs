@@ -72,7 +72,7 @@ pub fn start_operator(t: &TestNs, emu: &EmulatorHandle) -> Operator {
 }
 
 /// A lowercase alphanumeric token, so instance IDs (`ins-<token><n>`) are unique per test.
-pub fn token() -> String {
+pub fn token_suffix() -> String {
     let n: u32 = rand::random();
     format!("{:x}", n)
 }
