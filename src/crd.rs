@@ -16,11 +16,7 @@ pub fn yaml() -> anyhow::Result<String> {
 fn strip_unsigned_formats(v: &mut serde_json::Value) {
     match v {
         serde_json::Value::Object(map) => {
-            if map
-                .get("format")
-                .and_then(|f| f.as_str())
-                .is_some_and(|f| f.starts_with("uint"))
-            {
+            if map.get("format").and_then(|f| f.as_str()).is_some_and(|f| f.starts_with("uint")) {
                 map.remove("format");
             }
             map.values_mut().for_each(strip_unsigned_formats);

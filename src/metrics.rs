@@ -106,11 +106,7 @@ impl Metrics {
             Unit::Seconds,
             m.reconcile_duration.clone(),
         );
-        registry.register(
-            "clb_requests",
-            "CLB API requests by action and outcome",
-            m.clb_requests.clone(),
-        );
+        registry.register("clb_requests", "CLB API requests by action and outcome", m.clb_requests.clone());
         registry.register_with_unit(
             "clb_request_duration",
             "CLB API request latency by action",
@@ -129,11 +125,7 @@ impl Metrics {
             Unit::Seconds,
             m.deregistration_latency.clone(),
         );
-        registry.register(
-            "leader",
-            "1 while this replica holds the leader lease",
-            m.leader.clone(),
-        );
+        registry.register("leader", "1 while this replica holds the leader lease", m.leader.clone());
         Self { registry, ..m }
     }
 
@@ -157,23 +149,15 @@ impl Metrics {
     /// An observer for the CLB client that counts requests and their latency.
     pub fn clb_observer(self: &Arc<Self>) -> Observer {
         let metrics = Arc::clone(self);
-        Arc::new(
-            move |action: Action, outcome: Result<(), &ClbError>, took: Duration| {
-                let outcome = match outcome {
-                    Ok(()) => "ok",
-                    Err(e) => e.kind(),
-                };
-                let action = action.as_str();
-                metrics
-                    .clb_requests
-                    .get_or_create(&RequestLabels { action, outcome })
-                    .inc();
-                metrics
-                    .clb_request_duration
-                    .get_or_create(&ActionLabel { action })
-                    .observe(took.as_secs_f64());
-            },
-        )
+        Arc::new(move |action: Action, outcome: Result<(), &ClbError>, took: Duration| {
+            let outcome = match outcome {
+                Ok(()) => "ok",
+                Err(e) => e.kind(),
+            };
+            let action = action.as_str();
+            metrics.clb_requests.get_or_create(&RequestLabels { action, outcome }).inc();
+            metrics.clb_request_duration.get_or_create(&ActionLabel { action }).observe(took.as_secs_f64());
+        })
     }
 
     /// Records how long a deregistration took from its signal to the task's success.
@@ -224,32 +208,13 @@ mod tests {
         m.reconciled(Duration::from_millis(3), Some("kube"));
         let err = ClbError::Config("x".into());
         let observe = m.clb_observer();
-        observe(
-            Action::DeregisterInstancesFromLoadBalancer,
-            Ok(()),
-            Duration::from_millis(4),
-        );
-        observe(
-            Action::DeregisterInstancesFromLoadBalancer,
-            Err(&err),
-            Duration::from_millis(4),
-        );
+        observe(Action::DeregisterInstancesFromLoadBalancer, Ok(()), Duration::from_millis(4));
+        observe(Action::DeregisterInstancesFromLoadBalancer, Err(&err), Duration::from_millis(4));
         m.set_binding(
             "a/b".into(),
-            Some(BindingCounts {
-                registered: 2,
-                deregistering: 1,
-                tasks: 1,
-                ..Default::default()
-            }),
+            Some(BindingCounts { registered: 2, deregistering: 1, tasks: 1, ..Default::default() }),
         );
-        m.set_binding(
-            "a/c".into(),
-            Some(BindingCounts {
-                registered: 3,
-                ..Default::default()
-            }),
-        );
+        m.set_binding("a/c".into(), Some(BindingCounts { registered: 3, ..Default::default() }));
         m.deregistered(Duration::from_millis(250));
         let text = m.encode();
         for line in [
@@ -264,9 +229,6 @@ mod tests {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
         m.set_binding("a/b".into(), None);
-        assert!(
-            m.encode()
-                .contains("clb_operator_backends{state=\"Registered\"} 3")
-        );
+        assert!(m.encode().contains("clb_operator_backends{state=\"Registered\"} 3"));
     }
 }

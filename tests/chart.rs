@@ -93,30 +93,20 @@ fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
 }
 
 fn kinds(docs: &[Value]) -> Vec<String> {
-    let mut kinds: Vec<String> = docs
-        .iter()
-        .map(|d| d["kind"].as_str().unwrap_or_default().to_owned())
-        .collect();
+    let mut kinds: Vec<String> =
+        docs.iter().map(|d| d["kind"].as_str().unwrap_or_default().to_owned()).collect();
     kinds.sort();
     kinds
 }
 
 fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s.as_str().map(str::to_owned))
-        .collect()
+    v.as_array().into_iter().flatten().filter_map(|s| s.as_str().map(str::to_owned)).collect()
 }
 
 /// Does any ClusterRole rule grant something on secrets?
 fn cluster_role_mentions_secrets(docs: &[Value]) -> bool {
     let rules = &find(docs, "ClusterRole", "clb-operator")["rules"];
-    rules
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|r| strings(&r["resources"]).contains(&"secrets".to_owned()))
+    rules.as_array().unwrap().iter().any(|r| strings(&r["resources"]).contains(&"secrets".to_owned()))
 }
 
 const NON_DEFAULT: &str = r#"
@@ -204,18 +194,12 @@ fn default_values_render_a_production_install() {
     assert!(!args.iter().any(|a| a.starts_with("--namespace")), "{args:?}");
     let env: Vec<&Value> = c["env"].as_array().unwrap().iter().collect();
     let env_named = |n: &str| env.iter().find(|e| e["name"] == n).copied();
-    assert_eq!(
-        env_named("POD_NAME").unwrap()["valueFrom"]["fieldRef"]["fieldPath"],
-        "metadata.name"
-    );
+    assert_eq!(env_named("POD_NAME").unwrap()["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
     assert_eq!(
         env_named("POD_NAMESPACE").unwrap()["valueFrom"]["fieldRef"]["fieldPath"],
         "metadata.namespace"
     );
-    assert!(
-        env_named("TENCENTCLOUD_SECRET_ID").is_none(),
-        "no credentials by default"
-    );
+    assert!(env_named("TENCENTCLOUD_SECRET_ID").is_none(), "no credentials by default");
     assert_eq!(c["ports"][0]["name"], "http");
     assert_eq!(c["ports"][0]["containerPort"], 8080);
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
@@ -226,15 +210,9 @@ fn default_values_render_a_production_install() {
     assert_eq!(sc["allowPrivilegeEscalation"], false);
     assert_eq!(sc["readOnlyRootFilesystem"], true);
     assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"]);
-    assert!(
-        pod["affinity"]["podAntiAffinity"].is_object(),
-        "replicas spread by default"
-    );
+    assert!(pod["affinity"]["podAntiAffinity"].is_object(), "replicas spread by default");
 
-    assert_eq!(
-        find(&docs, "PodDisruptionBudget", "clb-operator")["spec"]["maxUnavailable"],
-        1
-    );
+    assert_eq!(find(&docs, "PodDisruptionBudget", "clb-operator")["spec"]["maxUnavailable"], 1);
     let svc = find(&docs, "Service", "clb-operator");
     assert_eq!(svc["spec"]["ports"][0]["name"], "http");
     assert_eq!(svc["spec"]["ports"][0]["port"], 8080);
@@ -256,10 +234,7 @@ fn non_default_values_render_as_asked() {
     assert_eq!(sm["spec"]["endpoints"][0]["port"], "http");
     assert_eq!(sm["spec"]["endpoints"][0]["interval"], "15s");
 
-    assert!(
-        !cluster_role_mentions_secrets(&docs),
-        "secretNamespaces must remove the cluster-wide rule"
-    );
+    assert!(!cluster_role_mentions_secrets(&docs), "secretNamespaces must remove the cluster-wide rule");
     for ns in ["shop", "web"] {
         let role = docs
             .iter()
@@ -268,8 +243,7 @@ fn non_default_values_render_as_asked() {
         assert_eq!(role["rules"][0]["resources"][0], "secrets");
         assert_eq!(strings(&role["rules"][0]["verbs"]), ["get"]);
         assert!(
-            docs.iter()
-                .any(|d| d["kind"] == "RoleBinding" && d["metadata"]["namespace"] == ns),
+            docs.iter().any(|d| d["kind"] == "RoleBinding" && d["metadata"]["namespace"] == ns),
             "no secrets RoleBinding in {ns}"
         );
     }
@@ -282,16 +256,10 @@ fn non_default_values_render_as_asked() {
     assert_eq!(pod["nodeSelector"]["node-role.kubernetes.io/system"], "true");
     assert_eq!(pod["tolerations"][0]["key"], "dedicated");
     assert!(pod["affinity"]["nodeAffinity"].is_object());
-    assert!(
-        pod["affinity"]["podAntiAffinity"].is_null(),
-        "a given affinity replaces the default"
-    );
+    assert!(pod["affinity"]["podAntiAffinity"].is_null(), "a given affinity replaces the default");
     assert_eq!(pod["priorityClassName"], "system-cluster-critical");
     assert_eq!(pod["imagePullSecrets"][0]["name"], "regcred");
-    assert_eq!(
-        d["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"],
-        "true"
-    );
+    assert_eq!(d["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"], "true");
     assert_eq!(d["spec"]["template"]["metadata"]["labels"]["team"], "platform");
     let c = &pod["containers"][0];
     assert_eq!(c["image"], "registry.example.com/clb-operator:1.2.3");
@@ -312,11 +280,7 @@ fn non_default_values_render_as_asked() {
         assert!(args.iter().any(|a| a == arg), "args lack {arg}: {args:?}");
     }
     let env = c["env"].as_array().unwrap();
-    let env_named = |n: &str| {
-        env.iter()
-            .find(|e| e["name"] == n)
-            .unwrap_or_else(|| panic!("no env {n}"))
-    };
+    let env_named = |n: &str| env.iter().find(|e| e["name"] == n).unwrap_or_else(|| panic!("no env {n}"));
     assert_eq!(env_named("RUST_LOG")["value"], "info,clb_operator=debug");
     assert_eq!(env_named("HTTPS_PROXY")["value"], "http://proxy:3128");
     for (var, key) in [
@@ -337,48 +301,21 @@ fn bad_values_are_refused_with_a_clear_message() {
     for (set, message) in [
         ("replicaCount=-1", "at '/replicaCount': minimum: got -1, want 1"),
         ("replicaCount=two", "at '/replicaCount': got string, want integer"),
-        (
-            "leaderElection.bogus=1",
-            "at '/leaderElection': additional properties 'bogus' not allowed",
-        ),
+        ("leaderElection.bogus=1", "at '/leaderElection': additional properties 'bogus' not allowed"),
         ("replicas=3", "additional properties 'replicas' not allowed"),
         ("clb.batchSize=0", "at '/clb/batchSize': minimum: got 0, want 1"),
-        (
-            "clb.batchSize=101",
-            "at '/clb/batchSize': maximum: got 101, want 100",
-        ),
+        ("clb.batchSize=101", "at '/clb/batchSize': maximum: got 101, want 100"),
         ("clb.rateLimit=0", "at '/clb/rateLimit': minimum: got 0, want 1"),
-        (
-            "clb.region=gz",
-            "at '/clb': additional properties 'region' not allowed",
-        ),
-        (
-            "logging.format=xml",
-            "at '/logging/format': value must be one of 'text', 'json'",
-        ),
-        (
-            "reconcile.resync=5minutes",
-            "at '/reconcile/resync': '5minutes' does not match pattern",
-        ),
-        (
-            "rbac.secretNamespaces={Shop}",
-            "at '/rbac/secretNamespaces/0': 'Shop' does not match pattern",
-        ),
-        (
-            "image.pullPolicy=Sometimes",
-            "at '/image/pullPolicy': value must be one of",
-        ),
-        (
-            "leaderElection.enabled=false",
-            "replicaCount > 1 needs leaderElection.enabled",
-        ),
+        ("clb.region=gz", "at '/clb': additional properties 'region' not allowed"),
+        ("logging.format=xml", "at '/logging/format': value must be one of 'text', 'json'"),
+        ("reconcile.resync=5minutes", "at '/reconcile/resync': '5minutes' does not match pattern"),
+        ("rbac.secretNamespaces={Shop}", "at '/rbac/secretNamespaces/0': 'Shop' does not match pattern"),
+        ("image.pullPolicy=Sometimes", "at '/image/pullPolicy': value must be one of"),
+        ("leaderElection.enabled=false", "replicaCount > 1 needs leaderElection.enabled"),
     ] {
         let err = helm(&["template", RELEASE, CHART, "--set", set])
             .expect_err(&format!("--set {set} must be refused"));
-        assert!(
-            err.contains(message),
-            "--set {set}: expected {message:?} in:\n{err}"
-        );
+        assert!(err.contains(message), "--set {set}: expected {message:?} in:\n{err}");
     }
     // One replica without leader election is fine.
     render(&["--set", "leaderElection.enabled=false", "--set", "replicaCount=1"]);
@@ -388,20 +325,13 @@ fn bad_values_are_refused_with_a_clear_message() {
 #[test]
 fn chart_crds_equal_the_repos_crds() {
     let repo = common::repo();
-    let mut names: Vec<_> = std::fs::read_dir(repo.join("crds"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let mut names: Vec<_> =
+        std::fs::read_dir(repo.join("crds")).unwrap().map(|e| e.unwrap().file_name()).collect();
     names.sort();
-    let mut chart_names: Vec<_> = std::fs::read_dir(repo.join(CHART).join("crds"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let mut chart_names: Vec<_> =
+        std::fs::read_dir(repo.join(CHART).join("crds")).unwrap().map(|e| e.unwrap().file_name()).collect();
     chart_names.sort();
-    assert_eq!(
-        names, chart_names,
-        "charts/clb-operator/crds/ must hold the same files as crds/"
-    );
+    assert_eq!(names, chart_names, "charts/clb-operator/crds/ must hold the same files as crds/");
     for name in names {
         let ours = std::fs::read(repo.join("crds").join(&name)).unwrap();
         let chart = std::fs::read(repo.join(CHART).join("crds").join(&name)).unwrap();
@@ -418,16 +348,9 @@ fn chart_crds_equal_the_repos_crds() {
 #[test]
 fn deploy_manifests_equal_the_rendered_chart() {
     let repo = common::repo();
-    let out = Command::new("bash")
-        .arg(repo.join("deploy/render.sh"))
-        .env("HELM", helm_bin())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "deploy/render.sh failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out =
+        Command::new("bash").arg(repo.join("deploy/render.sh")).env("HELM", helm_bin()).output().unwrap();
+    assert!(out.status.success(), "deploy/render.sh failed:\n{}", String::from_utf8_lossy(&out.stderr));
     let rendered = String::from_utf8(out.stdout).unwrap();
     let committed = std::fs::read_to_string(repo.join("deploy/clb-operator.yaml")).unwrap();
     assert!(
@@ -435,15 +358,9 @@ fn deploy_manifests_equal_the_rendered_chart() {
         "deploy/clb-operator.yaml is stale; regenerate it with `bash deploy/render.sh > deploy/clb-operator.yaml` \
          (the Namespace, then `helm template clb-operator charts/clb-operator --namespace clb-operator`)"
     );
-    let entries: Vec<_> = std::fs::read_dir(repo.join("deploy"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(
-        entries.len(),
-        2,
-        "deploy/ holds only render.sh and clb-operator.yaml: {entries:?}"
-    );
+    let entries: Vec<_> =
+        std::fs::read_dir(repo.join("deploy")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(entries.len(), 2, "deploy/ holds only render.sh and clb-operator.yaml: {entries:?}");
 
     let docs: Vec<Value> = serde_saphyr::from_multiple(&committed).unwrap();
     assert_eq!(docs[0]["kind"], "Namespace");
@@ -472,25 +389,11 @@ impl Release {
             "app.kubernetes.io/name=clb-operator,app.kubernetes.io/instance=clb-operator",
             "--ignore-not-found",
         ]);
-        let mut args = vec![
-            "install",
-            RELEASE,
-            CHART,
-            "--namespace",
-            ns,
-            "--skip-crds",
-            "--wait=false",
-        ];
+        let mut args = vec!["install", RELEASE, CHART, "--namespace", ns, "--skip-crds", "--wait=false"];
         args.extend_from_slice(extra);
         let notes = helm_in_cluster(&args).unwrap_or_else(|e| panic!("helm {args:?} failed:\n{e}"));
-        let mut release = Self {
-            ns: ns.to_owned(),
-            docs: Vec::new(),
-        };
-        assert!(
-            notes.contains("kubectl get cbb -A"),
-            "NOTES.txt not shown:\n{notes}"
-        );
+        let mut release = Self { ns: ns.to_owned(), docs: Vec::new() };
+        assert!(notes.contains("kubectl get cbb -A"), "NOTES.txt not shown:\n{notes}");
 
         let manifest = helm_in_cluster(&["get", "manifest", RELEASE, "--namespace", ns]).unwrap();
         let docs: Vec<Value> = serde_saphyr::from_multiple(&manifest).unwrap();
@@ -498,11 +401,7 @@ impl Release {
         std::fs::write(file.path(), &manifest).unwrap();
         let found = common::try_kubectl(&["get", "-f", &file.path().to_string_lossy(), "-o", "name"])
             .unwrap_or_else(|e| panic!("objects of the release missing: {e}"));
-        assert_eq!(
-            found.lines().count(),
-            docs.len(),
-            "every object is in the cluster:\n{found}"
-        );
+        assert_eq!(found.lines().count(), docs.len(), "every object is in the cluster:\n{found}");
         release.docs = docs;
         release
     }
@@ -538,16 +437,7 @@ impl Drop for Release {
     }
 }
 
-const VERBS: [&str; 8] = [
-    "get",
-    "list",
-    "watch",
-    "create",
-    "update",
-    "patch",
-    "delete",
-    "deletecollection",
-];
+const VERBS: [&str; 8] = ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"];
 
 /// `kubectl auth can-i VERB RESOURCE ... --as` the operator's ServiceAccount.
 fn can_i(ns: &str, verb: &str, resource: &str, scope: &[&str]) -> bool {
@@ -555,25 +445,13 @@ fn can_i(ns: &str, verb: &str, resource: &str, scope: &[&str]) -> bool {
     let kubectl = KUBECTL.get_or_init(|| testenv_bin("K8S_BIN", "kubectl"));
     let kubeconfig = common::plane().kubeconfig.to_string_lossy().into_owned();
     let user = format!("system:serviceaccount:{ns}:{SA}");
-    let mut args = vec![
-        "--kubeconfig",
-        &kubeconfig,
-        "auth",
-        "can-i",
-        verb,
-        resource,
-        "--as",
-        &user,
-    ];
+    let mut args = vec!["--kubeconfig", &kubeconfig, "auth", "can-i", verb, resource, "--as", &user];
     args.extend_from_slice(scope);
     let out = output(kubectl, &args);
     match String::from_utf8_lossy(&out.stdout).trim() {
         "yes" => true,
         "no" => false,
-        other => panic!(
-            "kubectl {args:?}: {other}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        ),
+        other => panic!("kubectl {args:?}: {other}\n{}", String::from_utf8_lossy(&out.stderr)),
     }
 }
 
@@ -621,29 +499,17 @@ fn common_rights<'a>(
     vec![
         ("nodes", vec![], &["get", "list", "watch"]),
         ("pods", ALL_NS.to_vec(), &["get", "list", "watch"]),
-        (
-            "clbbackendbindings.clb.tke.dev",
-            ALL_NS.to_vec(),
-            &["get", "list", "watch", "patch", "update"],
-        ),
+        ("clbbackendbindings.clb.tke.dev", ALL_NS.to_vec(), &["get", "list", "watch", "patch", "update"]),
         (
             "clbbackendbindings.clb.tke.dev",
             [ALL_NS, &["--subresource=status"]].concat(),
             &["get", "patch", "update"],
         ),
-        (
-            "clbbackendbindings.clb.tke.dev",
-            [ALL_NS, &["--subresource=finalizers"]].concat(),
-            &["update"],
-        ),
+        ("clbbackendbindings.clb.tke.dev", [ALL_NS, &["--subresource=finalizers"]].concat(), &["update"]),
         ("events.events.k8s.io", other.to_vec(), &["create", "patch"]),
         // The Lease: created (any name), then read and renewed by name, in the release namespace only.
         ("leases.coordination.k8s.io", ns.to_vec(), &["create"]),
-        (
-            "leases.coordination.k8s.io/clb-operator",
-            ns.to_vec(),
-            &["get", "update", "patch", "create"],
-        ),
+        ("leases.coordination.k8s.io/clb-operator", ns.to_vec(), &["get", "update", "patch", "create"]),
         ("leases.coordination.k8s.io/clb-operator", other.to_vec(), &[]),
         ("leases.coordination.k8s.io", other.to_vec(), &[]),
         // A sample of what the operator never does.
@@ -682,15 +548,8 @@ async fn install_with_secret_namespaces_keeps_secrets_narrow() {
     let web = TestNs::new("chart-web").await;
     let other = TestNs::new("chart-other").await;
     let list = format!("rbac.secretNamespaces={{{},{}}}", shop.ns, web.ns);
-    let _release = Release::install(
-        &t.ns,
-        &[
-            "--set",
-            &list,
-            "--set",
-            "credentials.existingSecret=clb-credentials",
-        ],
-    );
+    let _release =
+        Release::install(&t.ns, &["--set", &list, "--set", "credentials.existingSecret=clb-credentials"]);
 
     let ns: &[&str] = &["-n", &t.ns];
     let other_ns: &[&str] = &["-n", &other.ns];
@@ -719,10 +578,7 @@ async fn install_refuses_bad_values() {
         "replicaCount=-1",
     ])
     .expect_err("replicaCount=-1 must be refused");
-    assert!(
-        err.contains("at '/replicaCount': minimum: got -1, want 1"),
-        "{err}"
-    );
+    assert!(err.contains("at '/replicaCount': minimum: got -1, want 1"), "{err}");
     let releases = helm_in_cluster(&["list", "--namespace", &t.ns, "-q"]).unwrap();
     assert!(releases.trim().is_empty(), "{releases}");
 }

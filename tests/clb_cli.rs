@@ -15,14 +15,8 @@ const LB: &str = "lb-cli00001";
 async fn start() -> EmulatorHandle {
     let instances = (0..25).map(|i| format!("ins-cli{i:05}")).collect();
     let config = EmulatorConfig {
-        faults: Faults {
-            task_duration: Duration::from_millis(30),
-            ..Faults::default()
-        },
-        load_balancers: vec![SeedLoadBalancer {
-            id: LB.into(),
-            instance_ids: instances,
-        }],
+        faults: Faults { task_duration: Duration::from_millis(30), ..Faults::default() },
+        load_balancers: vec![SeedLoadBalancer { id: LB.into(), instance_ids: instances }],
         ..EmulatorConfig::default()
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -44,12 +38,8 @@ async fn clb(emu: &EmulatorHandle, creds: &Credentials, args: &[&str]) -> Output
 }
 
 fn stdout_json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 /// `clb deregister` of 25 instances makes two calls (20 + 5), waits for both tasks and prints JSON.
@@ -65,23 +55,12 @@ async fn deregister_25_instances_is_two_calls() {
     let rest = ids[20..].join(",");
     args.extend(["--instance", &rest]);
     let out = clb(&emu, emu.credentials(), &args).await;
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.stderr.is_empty(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stderr.is_empty(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
 
     let json = stdout_json(&out);
     let batches = json["batches"].as_array().unwrap();
-    let sizes: Vec<usize> = batches
-        .iter()
-        .map(|b| b["instanceIds"].as_array().unwrap().len())
-        .collect();
+    let sizes: Vec<usize> = batches.iter().map(|b| b["instanceIds"].as_array().unwrap().len()).collect();
     assert_eq!(sizes, [20, 5]);
     for batch in batches {
         assert_eq!(batch["outcome"], "submitted");
@@ -89,10 +68,8 @@ async fn deregister_25_instances_is_two_calls() {
         assert_eq!(batch["task"], "succeeded");
     }
     let state = emu.state();
-    let calls: Vec<usize> = state
-        .calls_of(Action::DeregisterInstancesFromLoadBalancer)
-        .map(|c| c.instance_ids.len())
-        .collect();
+    let calls: Vec<usize> =
+        state.calls_of(Action::DeregisterInstancesFromLoadBalancer).map(|c| c.instance_ids.len()).collect();
     assert_eq!(calls, [20, 5]);
     assert!(state.backend_ids(LB).is_empty());
 }
@@ -105,42 +82,20 @@ async fn describe_and_task_result_print_json() {
     assert!(out.status.success());
     assert_eq!(stdout_json(&out)["loadBalancers"][0]["loadBalancerId"], LB);
 
-    let out = clb(
-        &emu,
-        emu.credentials(),
-        &["describe-backends", "--lb", LB, "--sign-method", "HmacSHA256"],
-    )
-    .await;
+    let out =
+        clb(&emu, emu.credentials(), &["describe-backends", "--lb", LB, "--sign-method", "HmacSHA256"]).await;
     assert!(out.status.success());
     assert_eq!(stdout_json(&out)["backends"].as_array().unwrap().len(), 25);
 
     let out = clb(
         &emu,
         emu.credentials(),
-        &[
-            "register",
-            "--lb",
-            LB,
-            "--instance",
-            "ins-new",
-            "--weight",
-            "7",
-            "--http-method",
-            "POST",
-        ],
+        &["register", "--lb", LB, "--instance", "ins-new", "--weight", "7", "--http-method", "POST"],
     )
     .await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let request_id = stdout_json(&out)["batches"][0]["requestId"]
-        .as_u64()
-        .unwrap()
-        .to_string();
-    let out = clb(
-        &emu,
-        emu.credentials(),
-        &["task-result", "--request-id", &request_id],
-    )
-    .await;
+    let request_id = stdout_json(&out)["batches"][0]["requestId"].as_u64().unwrap().to_string();
+    let out = clb(&emu, emu.credentials(), &["task-result", "--request-id", &request_id]).await;
     assert!(out.status.success());
     let state = stdout_json(&out)["state"].as_str().unwrap().to_owned();
     assert!(state == "running" || state == "succeeded", "{state}");
@@ -156,19 +111,11 @@ async fn failure_is_one_line_on_stderr() {
     assert!(out.stdout.is_empty());
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(
-        stderr.contains("4100") && stderr.contains("signature mismatch"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("4100") && stderr.contains("signature mismatch"), "{stderr}");
     assert!(!stderr.contains("wrong-key"));
 
     // A batch failure still prints the batches (so requestIds are never lost) and fails the command.
-    let out = clb(
-        &emu,
-        &wrong,
-        &["deregister", "--lb", LB, "--instance", "ins-cli00000"],
-    )
-    .await;
+    let out = clb(&emu, &wrong, &["deregister", "--lb", LB, "--instance", "ins-cli00000"]).await;
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(stdout_json(&out)["batches"][0]["error"]["code"], 4100);
     let stderr = String::from_utf8(out.stderr).unwrap();

@@ -23,14 +23,8 @@ async fn start(config: EmulatorConfig) -> EmulatorHandle {
 
 fn emulator_config() -> EmulatorConfig {
     EmulatorConfig {
-        faults: Faults {
-            task_duration: Duration::from_millis(30),
-            ..Faults::default()
-        },
-        load_balancers: vec![SeedLoadBalancer {
-            id: LB.into(),
-            instance_ids: vec![],
-        }],
+        faults: Faults { task_duration: Duration::from_millis(30), ..Faults::default() },
+        load_balancers: vec![SeedLoadBalancer { id: LB.into(), instance_ids: vec![] }],
         ..EmulatorConfig::default()
     }
 }
@@ -46,31 +40,15 @@ fn fast_retry(max_attempts: u32) -> RetryConfig {
 }
 
 fn client_for(emu: &EmulatorHandle, config: ClientConfig) -> ClbClient {
-    ClbClient::new(
-        ClientConfig {
-            endpoint: emu.endpoint(),
-            ..config
-        },
-        emu.credentials().clone(),
-    )
-    .unwrap()
+    ClbClient::new(ClientConfig { endpoint: emu.endpoint(), ..config }, emu.credentials().clone()).unwrap()
 }
 
 fn client(emu: &EmulatorHandle) -> ClbClient {
-    client_for(
-        emu,
-        ClientConfig {
-            retry: fast_retry(4),
-            ..ClientConfig::default()
-        },
-    )
+    client_for(emu, ClientConfig { retry: fast_retry(4), ..ClientConfig::default() })
 }
 
-const FAST_POLL: PollBackoff = PollBackoff {
-    initial: Duration::from_millis(10),
-    factor: 2,
-    max: Duration::from_millis(100),
-};
+const FAST_POLL: PollBackoff =
+    PollBackoff { initial: Duration::from_millis(10), factor: 2, max: Duration::from_millis(100) };
 
 /// Submits, then waits for every task; panics on any failure.
 async fn wait_all(client: &ClbClient, outcomes: Vec<clb_operator::clb::BatchOutcome>) -> Vec<TaskState> {
@@ -78,12 +56,7 @@ async fn wait_all(client: &ClbClient, outcomes: Vec<clb_operator::clb::BatchOutc
     for outcome in outcomes {
         match outcome.result {
             Ok(Submitted::Task { request_id }) => {
-                states.push(
-                    client
-                        .wait_task(request_id, &FAST_POLL, Duration::from_secs(10))
-                        .await
-                        .unwrap(),
-                );
+                states.push(client.wait_task(request_id, &FAST_POLL, Duration::from_secs(10)).await.unwrap());
             }
             other => panic!("batch {:?}: {other:?}", outcome.instance_ids),
         }
@@ -98,11 +71,7 @@ async fn emulator_accepts_everything_the_client_signs() {
     let keys = ["k+/=&%?#key", "with spaces  and\ttab", "clé-密钥-ключ ü€ +/=&%?#"];
     for key in keys {
         let creds = Credentials::new("AKIDmatrix", key, None);
-        let emu = start(EmulatorConfig {
-            credentials: creds.clone(),
-            ..emulator_config()
-        })
-        .await;
+        let emu = start(EmulatorConfig { credentials: creds.clone(), ..emulator_config() }).await;
         for http_method in [HttpMethod::Get, HttpMethod::Post] {
             for sign_method in [SignMethod::HmacSha1, SignMethod::HmacSha256] {
                 for token in [None, Some("tok+/= en".to_owned())] {
@@ -117,10 +86,7 @@ async fn emulator_accepts_everything_the_client_signs() {
                     let with_token = Credentials::new("AKIDmatrix", key, token);
                     let client = ClbClient::new(config, with_token).unwrap();
                     let what = format!("{key:?} {http_method:?} {sign_method:?}");
-                    let lbs = client
-                        .describe_load_balancers(&[LB.to_owned()])
-                        .await
-                        .expect(&what);
+                    let lbs = client.describe_load_balancers(&[LB.to_owned()]).await.expect(&what);
                     assert_eq!(lbs.len(), 1, "{what}");
                     let outcomes = client.register(LB, &[("ins-matrix".to_owned(), 10)]).await;
                     assert!(outcomes[0].result.is_ok(), "{what}: {:?}", outcomes[0].result);
@@ -129,11 +95,7 @@ async fn emulator_accepts_everything_the_client_signs() {
             }
         }
         let state = emu.state();
-        assert!(
-            state.calls.iter().all(|c| c.code == 0),
-            "{:?}",
-            state.calls.iter().find(|c| c.code != 0)
-        );
+        assert!(state.calls.iter().all(|c| c.code == 0), "{:?}", state.calls.iter().find(|c| c.code != 0));
         assert_eq!(state.calls.len(), 2 * 2 * 2 * 3);
         assert_eq!(state.calls.iter().filter(|c| c.http_method == "POST").count(), 12);
         emu.shutdown().await;
@@ -161,9 +123,7 @@ async fn register_then_deregister_45_instances_in_3_calls() {
     assert!(client.describe_backends(LB).await.unwrap().is_empty());
 
     let state = emu.state();
-    let deregisters: Vec<_> = state
-        .calls_of(Action::DeregisterInstancesFromLoadBalancer)
-        .collect();
+    let deregisters: Vec<_> = state.calls_of(Action::DeregisterInstancesFromLoadBalancer).collect();
     assert_eq!(deregisters.len(), 3);
     let logged: Vec<String> = deregisters.iter().flat_map(|c| c.instance_ids.clone()).collect();
     assert_eq!(logged, ids, "every instance exactly once, in order");
@@ -173,15 +133,8 @@ async fn register_then_deregister_45_instances_in_3_calls() {
 #[tokio::test]
 async fn failed_task_is_reported_as_failed() {
     let emu = start(EmulatorConfig {
-        faults: Faults {
-            task_fail_rate: 1.0,
-            task_duration: Duration::from_millis(20),
-            ..Faults::default()
-        },
-        load_balancers: vec![SeedLoadBalancer {
-            id: LB.into(),
-            instance_ids: vec!["ins-x".into()],
-        }],
+        faults: Faults { task_fail_rate: 1.0, task_duration: Duration::from_millis(20), ..Faults::default() },
+        load_balancers: vec![SeedLoadBalancer { id: LB.into(), instance_ids: vec!["ins-x".into()] }],
         ..emulator_config()
     })
     .await;
@@ -190,11 +143,7 @@ async fn failed_task_is_reported_as_failed() {
     assert_eq!(states, [TaskState::Failed]);
     assert_eq!(emu.state().backend_ids(LB), ["ins-x"]);
 
-    emu.set_faults(Faults {
-        task_fail_rate: 0.0,
-        ..emu.faults()
-    })
-    .unwrap();
+    emu.set_faults(Faults { task_fail_rate: 0.0, ..emu.faults() }).unwrap();
     let states = wait_all(&client, client.deregister(LB, &["ins-x".to_owned()]).await).await;
     assert_eq!(states, [TaskState::Succeeded]);
     assert!(emu.state().backend_ids(LB).is_empty());
@@ -205,21 +154,11 @@ async fn failed_task_is_reported_as_failed() {
 #[tokio::test]
 async fn error_rate_is_absorbed_by_retries() {
     let emu = start(EmulatorConfig {
-        faults: Faults {
-            error_rate: 0.3,
-            task_duration: Duration::from_millis(20),
-            ..Faults::default()
-        },
+        faults: Faults { error_rate: 0.3, task_duration: Duration::from_millis(20), ..Faults::default() },
         ..emulator_config()
     })
     .await;
-    let client = client_for(
-        &emu,
-        ClientConfig {
-            retry: fast_retry(10),
-            ..ClientConfig::default()
-        },
-    );
+    let client = client_for(&emu, ClientConfig { retry: fast_retry(10), ..ClientConfig::default() });
     let ids = instances("e", 30);
     for round in 0..3 {
         let backends: Vec<(String, u32)> = ids.iter().map(|id| (id.clone(), 10)).collect();
@@ -229,19 +168,8 @@ async fn error_rate_is_absorbed_by_retries() {
                 .iter()
                 .all(|s| *s == TaskState::Succeeded)
         );
-        assert_eq!(
-            client.describe_backends(LB).await.unwrap().len(),
-            30,
-            "round {round}"
-        );
-        assert_eq!(
-            client
-                .describe_load_balancers(&[LB.to_owned()])
-                .await
-                .unwrap()
-                .len(),
-            1
-        );
+        assert_eq!(client.describe_backends(LB).await.unwrap().len(), 30, "round {round}");
+        assert_eq!(client.describe_load_balancers(&[LB.to_owned()]).await.unwrap().len(), 1);
         assert!(
             wait_all(&client, client.deregister(LB, &ids).await)
                 .await
@@ -259,11 +187,7 @@ async fn error_rate_is_absorbed_by_retries() {
 async fn auth_failure_is_not_retried() {
     let emu = start(emulator_config()).await;
     let wrong = Credentials::new(emu.credentials().secret_id(), "not-the-key", None);
-    let config = ClientConfig {
-        endpoint: emu.endpoint(),
-        retry: fast_retry(5),
-        ..ClientConfig::default()
-    };
+    let config = ClientConfig { endpoint: emu.endpoint(), retry: fast_retry(5), ..ClientConfig::default() };
     let client = ClbClient::new(config, wrong).unwrap();
     let outcomes = client.deregister(LB, &["ins-1".to_owned()]).await;
     let err = outcomes.into_iter().next().unwrap().result.unwrap_err();
@@ -294,13 +218,7 @@ async fn deregister_not_found_is_already_gone() {
 async fn rate_limit_holds_under_a_burst_of_200() {
     const RATE: u32 = 100;
     let emu = start(emulator_config()).await;
-    let client = client_for(
-        &emu,
-        ClientConfig {
-            rate_limit_per_second: RATE,
-            ..ClientConfig::default()
-        },
-    );
+    let client = client_for(&emu, ClientConfig { rate_limit_per_second: RATE, ..ClientConfig::default() });
     let started = Instant::now();
     let calls = (0..200).map(|_| {
         let client = client.clone();
@@ -310,26 +228,13 @@ async fn rate_limit_holds_under_a_burst_of_200() {
     let elapsed = started.elapsed();
     assert!(results.iter().all(Result::is_ok));
     // 199 intervals of 10 ms after the first request.
-    assert!(
-        elapsed >= Duration::from_millis(1990 - 50),
-        "200 calls took only {elapsed:?}"
-    );
+    assert!(elapsed >= Duration::from_millis(1990 - 50), "200 calls took only {elapsed:?}");
 
     let times: Vec<u64> = emu.state().calls.iter().map(|c| c.at_ms).collect();
     assert_eq!(times.len(), 200);
-    let busiest = times
-        .iter()
-        .map(|start| {
-            times
-                .iter()
-                .filter(|t| **t >= *start && **t < start + 1000)
-                .count()
-        })
-        .max();
-    assert!(
-        busiest.unwrap() <= RATE as usize + 1 + 10,
-        "busiest second had {busiest:?} calls"
-    );
+    let busiest =
+        times.iter().map(|start| times.iter().filter(|t| **t >= *start && **t < start + 1000).count()).max();
+    assert!(busiest.unwrap() <= RATE as usize + 1 + 10, "busiest second had {busiest:?} calls");
 
     // Another action is not held back by the exhausted DescribeLoadBalancers budget.
     let other = Instant::now();
@@ -340,22 +245,10 @@ async fn rate_limit_holds_under_a_burst_of_200() {
 /// Long requests switch from GET to POST by themselves (the URL would pass 2000 bytes).
 #[tokio::test]
 async fn long_requests_are_sent_as_post() {
-    let emu = start(EmulatorConfig {
-        max_batch: 100,
-        ..emulator_config()
-    })
-    .await;
-    let client = client_for(
-        &emu,
-        ClientConfig {
-            max_batch: 100,
-            retry: fast_retry(1),
-            ..ClientConfig::default()
-        },
-    );
-    let ids: Vec<String> = (0..60)
-        .map(|i| format!("ins-a-rather-long-instance-name-{i:04}"))
-        .collect();
+    let emu = start(EmulatorConfig { max_batch: 100, ..emulator_config() }).await;
+    let client =
+        client_for(&emu, ClientConfig { max_batch: 100, retry: fast_retry(1), ..ClientConfig::default() });
+    let ids: Vec<String> = (0..60).map(|i| format!("ins-a-rather-long-instance-name-{i:04}")).collect();
     let outcomes = client.deregister(LB, &ids).await;
     assert!(outcomes[0].result.is_ok());
     client.describe_backends(LB).await.unwrap();
@@ -366,25 +259,15 @@ async fn long_requests_are_sent_as_post() {
 /// DescribeLoadBalancers without ids pages through everything; with ids, unknown ones are just absent.
 #[tokio::test]
 async fn describe_load_balancers_pages_and_filters() {
-    let seeds: Vec<SeedLoadBalancer> = (0..45)
-        .map(|i| SeedLoadBalancer {
-            id: format!("lb-p{i:03}"),
-            instance_ids: vec![],
-        })
-        .collect();
-    let emu = start(EmulatorConfig {
-        load_balancers: seeds,
-        ..emulator_config()
-    })
-    .await;
+    let seeds: Vec<SeedLoadBalancer> =
+        (0..45).map(|i| SeedLoadBalancer { id: format!("lb-p{i:03}"), instance_ids: vec![] }).collect();
+    let emu = start(EmulatorConfig { load_balancers: seeds, ..emulator_config() }).await;
     let client = client(&emu);
     let all = client.describe_load_balancers(&[]).await.unwrap();
     assert_eq!(all.len(), 45);
     assert_eq!(emu.state().calls.len(), 3, "pages of 20");
-    let some = client
-        .describe_load_balancers(&["lb-p007".to_owned(), "lb-unknown".to_owned()])
-        .await
-        .unwrap();
+    let some =
+        client.describe_load_balancers(&["lb-p007".to_owned(), "lb-unknown".to_owned()]).await.unwrap();
     let ids: Vec<&str> = some.iter().map(|l| l.load_balancer_id.as_str()).collect();
     assert_eq!(ids, ["lb-p007"]);
 }
@@ -406,10 +289,7 @@ async fn transport_failures_and_timeouts_are_typed() {
     assert!(err.is_retryable() && err.kind() == "transport");
 
     let emu = start(EmulatorConfig {
-        faults: Faults {
-            latency: Duration::from_millis(400),
-            ..Faults::default()
-        },
+        faults: Faults { latency: Duration::from_millis(400), ..Faults::default() },
         ..emulator_config()
     })
     .await;
@@ -430,29 +310,17 @@ async fn transport_failures_and_timeouts_are_typed() {
 #[tokio::test]
 async fn wait_task_times_out() {
     let emu = start(EmulatorConfig {
-        faults: Faults {
-            task_duration: Duration::from_secs(30),
-            ..Faults::default()
-        },
+        faults: Faults { task_duration: Duration::from_secs(30), ..Faults::default() },
         ..emulator_config()
     })
     .await;
     let client = client(&emu);
-    let Ok(Submitted::Task { request_id }) = client
-        .deregister(LB, &["ins-1".to_owned()])
-        .await
-        .remove(0)
-        .result
+    let Ok(Submitted::Task { request_id }) =
+        client.deregister(LB, &["ins-1".to_owned()]).await.remove(0).result
     else {
         panic!("no task")
     };
     assert_eq!(client.task_result(request_id).await.unwrap(), TaskState::Running);
-    let err = client
-        .wait_task(request_id, &FAST_POLL, Duration::from_millis(200))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, ClbError::TaskTimeout { request_id: id, .. } if id == request_id),
-        "{err}"
-    );
+    let err = client.wait_task(request_id, &FAST_POLL, Duration::from_millis(200)).await.unwrap_err();
+    assert!(matches!(err, ClbError::TaskTimeout { request_id: id, .. } if id == request_id), "{err}");
 }

@@ -36,19 +36,10 @@ fn assert_decode_error<T: std::fmt::Debug>(result: Result<T, ClbError>, what: &s
 #[test]
 fn malformed_bodies_are_decode_errors() {
     let cases = [
-        (
-            "truncated",
-            r#"{"code":0,"totalCount":1,"backendSet":[{"unInstanceId":"ins-1","wei"#,
-        ),
+        ("truncated", r#"{"code":0,"totalCount":1,"backendSet":[{"unInstanceId":"ins-1","wei"#),
         ("backendSet not a list", r#"{"code":0,"backendSet":"none"}"#),
-        (
-            "weight not a number",
-            r#"{"code":0,"backendSet":[{"unInstanceId":"ins-1","weight":"heavy"}]}"#,
-        ),
-        (
-            "weight fractional",
-            r#"{"code":0,"backendSet":[{"unInstanceId":"ins-1","weight":1.5}]}"#,
-        ),
+        ("weight not a number", r#"{"code":0,"backendSet":[{"unInstanceId":"ins-1","weight":"heavy"}]}"#),
+        ("weight fractional", r#"{"code":0,"backendSet":[{"unInstanceId":"ins-1","weight":1.5}]}"#),
         ("code is a boolean", r#"{"code":true}"#),
         ("no code", r#"{"backendSet":[]}"#),
         ("missing backendSet", r#"{"code":0}"#),
@@ -77,10 +68,7 @@ fn malformed_bodies_are_decode_errors() {
         "negative requestId",
     );
     let err = decode_backends(200, HTML).unwrap_err();
-    assert!(
-        err.to_string().contains("502 Bad Gateway"),
-        "the snippet helps diagnose: {err}"
-    );
+    assert!(err.to_string().contains("502 Bad Gateway"), "the snippet helps diagnose: {err}");
 }
 
 /// A non-2xx status is an HTTP error (5xx retryable, 4xx not), whatever the body.
@@ -101,12 +89,9 @@ fn lenient_where_the_api_is_inconsistent() {
         "backendSet":[{"instanceId":"qcvm1","unInstanceId":"ins-1","weight":"10","instanceStatus":2,"new":true}]}"#;
     let r = decode_backends(200, body).unwrap();
     assert_eq!(r.backend_set.len(), 1);
-    let r: TaskResultResponse = wire::decode(
-        Action::DescribeLoadBalancersTaskResult,
-        200,
-        br#"{"code":0,"data":{"status":"0"}}"#,
-    )
-    .unwrap();
+    let r: TaskResultResponse =
+        wire::decode(Action::DescribeLoadBalancersTaskResult, 200, br#"{"code":0,"data":{"status":"0"}}"#)
+            .unwrap();
     assert_eq!(r.state(), Ok(TaskState::Succeeded));
 }
 
@@ -116,10 +101,7 @@ fn decode_all(status: u16, body: &[u8]) {
     let check = |r: Result<(), ClbError>| {
         if let Err(e) = r {
             let kind = e.kind();
-            assert!(
-                KINDS.contains(&kind) || e.code().is_some(),
-                "unexpected kind {kind}: {e}"
-            );
+            assert!(KINDS.contains(&kind) || e.code().is_some(), "unexpected kind {kind}: {e}");
             let _ = e.to_string();
         }
     };
@@ -128,11 +110,11 @@ fn decode_all(status: u16, body: &[u8]) {
     check(
         wire::decode::<SubmitResponse>(Action::DeregisterInstancesFromLoadBalancer, status, body).map(|_| ()),
     );
-    check(
-        wire::decode::<TaskResultResponse>(Action::DescribeLoadBalancersTaskResult, status, body).map(|r| {
+    check(wire::decode::<TaskResultResponse>(Action::DescribeLoadBalancersTaskResult, status, body).map(
+        |r| {
             let _ = r.state();
-        }),
-    );
+        },
+    ));
 }
 
 /// 20 000 random inputs (seeded): raw random bytes, and valid responses that are truncated, spliced and
@@ -233,45 +215,23 @@ fn stub_client(endpoint: &str) -> ClbClient {
 #[tokio::test]
 async fn client_reports_bad_responses_as_typed_errors() {
     let (endpoint, hits) = stub(StatusCode::INTERNAL_SERVER_ERROR, "oops").await;
-    let err = stub_client(&endpoint)
-        .describe_backends("lb-1")
-        .await
-        .unwrap_err();
+    let err = stub_client(&endpoint).describe_backends("lb-1").await.unwrap_err();
     assert!(
-        matches!(
-            err,
-            ClbError::Http {
-                status: 500,
-                action: Action::DescribeLoadBalancerBackends,
-                ..
-            }
-        ),
+        matches!(err, ClbError::Http { status: 500, action: Action::DescribeLoadBalancerBackends, .. }),
         "{err}"
     );
     assert_eq!(hits.load(Ordering::SeqCst), 3, "retried up to max_attempts");
 
     for body in [HTML, "", r#"{"code":0,"requestId":"#] {
         let (endpoint, hits) = stub(StatusCode::OK, body).await;
-        let outcomes = stub_client(&endpoint)
-            .deregister("lb-1", &["ins-1".to_owned()])
-            .await;
+        let outcomes = stub_client(&endpoint).deregister("lb-1", &["ins-1".to_owned()]).await;
         let err = outcomes.into_iter().next().unwrap().result.unwrap_err();
         assert!(matches!(err, ClbError::Decode { .. }), "{body:?}: {err}");
-        assert_eq!(
-            hits.load(Ordering::SeqCst),
-            1,
-            "{body:?}: decode errors are not retried"
-        );
+        assert_eq!(hits.load(Ordering::SeqCst), 1, "{body:?}: decode errors are not retried");
     }
 
     // Well-formed JSON whose content is unusable (a backend with no ID) is a decode error too.
     let (endpoint, _) = stub(StatusCode::OK, r#"{"code":0,"backendSet":[{"weight":10}]}"#).await;
-    let err = stub_client(&endpoint)
-        .describe_backends("lb-1")
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, ClbError::Decode { reason, .. } if reason.contains("unInstanceId")),
-        "{err}"
-    );
+    let err = stub_client(&endpoint).describe_backends("lb-1").await.unwrap_err();
+    assert!(matches!(&err, ClbError::Decode { reason, .. } if reason.contains("unInstanceId")), "{err}");
 }

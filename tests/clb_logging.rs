@@ -47,15 +47,8 @@ async fn trace_logs_never_contain_secrets() {
     let emu = emulator::spawn(
         EmulatorConfig {
             credentials: Credentials::new("AKIDtrace", KEY, None),
-            faults: Faults {
-                task_duration: Duration::from_millis(20),
-                error_rate: 0.3,
-                ..Faults::default()
-            },
-            load_balancers: vec![SeedLoadBalancer {
-                id: LB.into(),
-                instance_ids: vec![],
-            }],
+            faults: Faults { task_duration: Duration::from_millis(20), error_rate: 0.3, ..Faults::default() },
+            load_balancers: vec![SeedLoadBalancer { id: LB.into(), instance_ids: vec![] }],
             ..EmulatorConfig::default()
         },
         TcpListener::bind("127.0.0.1:0").await.unwrap(),
@@ -68,20 +61,11 @@ async fn trace_logs_never_contain_secrets() {
         max_delay: Duration::from_millis(5),
         jitter: true,
     };
-    let config = ClientConfig {
-        endpoint: emu.endpoint(),
-        retry,
-        ..ClientConfig::default()
-    };
+    let config = ClientConfig { endpoint: emu.endpoint(), retry, ..ClientConfig::default() };
     let client = ClbClient::new(config, Credentials::new("AKIDtrace", KEY, Some(TOKEN.into()))).unwrap();
     for outcome in client.register(LB, &[("ins-trace".to_owned(), 10)]).await {
-        let Ok(Submitted::Task { request_id }) = outcome.result else {
-            panic!("{:?}", outcome.result)
-        };
-        client
-            .wait_task(request_id, &PollBackoff::default(), Duration::from_secs(10))
-            .await
-            .unwrap();
+        let Ok(Submitted::Task { request_id }) = outcome.result else { panic!("{:?}", outcome.result) };
+        client.wait_task(request_id, &PollBackoff::default(), Duration::from_secs(10)).await.unwrap();
     }
     client.describe_backends(LB).await.unwrap();
     let wrong = client.with_credentials(Credentials::new("AKIDtrace", "wrong", Some(TOKEN.into())));
@@ -90,17 +74,10 @@ async fn trace_logs_never_contain_secrets() {
     emu.shutdown().await;
 
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    for expected in [
-        "Sending CLB request",
-        "CLB request parameters",
-        "ins-trace",
-        "CLB emulator answered",
-        "AKIDtrace",
-    ] {
-        assert!(
-            logs.contains(expected),
-            "{expected:?} missing from the logs:\n{logs}"
-        );
+    for expected in
+        ["Sending CLB request", "CLB request parameters", "ins-trace", "CLB emulator answered", "AKIDtrace"]
+    {
+        assert!(logs.contains(expected), "{expected:?} missing from the logs:\n{logs}");
     }
     assert!(!logs.contains(KEY), "secret key leaked:\n{logs}");
     assert!(!logs.contains(TOKEN), "token leaked:\n{logs}");

@@ -30,14 +30,10 @@ struct Vector {
 }
 
 fn vectors() -> Vec<Vector> {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/clb-v2-sign-vectors.json"
-    ))
-    .expect("vectors file");
-    serde_json::from_str::<VectorFile>(&text)
-        .expect("vectors parse")
-        .vectors
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/clb-v2-sign-vectors.json"))
+            .expect("vectors file");
+    serde_json::from_str::<VectorFile>(&text).expect("vectors parse").vectors
 }
 
 fn params(v: &Vector) -> Vec<(String, String)> {
@@ -48,11 +44,7 @@ fn params(v: &Vector) -> Vec<(String, String)> {
 #[test]
 fn every_vector_reproduces_exactly() {
     let vectors = vectors();
-    assert!(
-        vectors.len() >= 7,
-        "expected the full vector set, got {}",
-        vectors.len()
-    );
+    assert!(vectors.len() >= 7, "expected the full vector set, got {}", vectors.len());
     for v in &vectors {
         let p = params(v);
         assert_eq!(
@@ -64,23 +56,9 @@ fn every_vector_reproduces_exactly() {
         let signature = sign::sign(&v.method, &v.host, &v.path, &p, &v.secret_key);
         assert_eq!(signature, v.expected_signature, "{}: signature", v.id);
         let encoded = urlencode(&[("Signature".to_owned(), signature.clone())]);
-        assert_eq!(
-            encoded,
-            format!("Signature={}", v.expected_signature_urlencoded),
-            "{}: urlencoded",
-            v.id
-        );
-        assert_eq!(
-            SignMethod::of_params(&p).as_str(),
-            v.sign_method,
-            "{}: digest",
-            v.id
-        );
-        assert!(
-            sign::verify(&v.method, &v.host, &v.path, &p, &v.secret_key, &signature),
-            "{}: verify",
-            v.id
-        );
+        assert_eq!(encoded, format!("Signature={}", v.expected_signature_urlencoded), "{}: urlencoded", v.id);
+        assert_eq!(SignMethod::of_params(&p).as_str(), v.sign_method, "{}: digest", v.id);
+        assert!(sign::verify(&v.method, &v.host, &v.path, &p, &v.secret_key, &signature), "{}: verify", v.id);
     }
 }
 
@@ -92,12 +70,7 @@ fn signing_does_not_depend_on_insertion_order() {
         let mut p = params(&v);
         for _ in 0..200 {
             p.shuffle(&mut rng);
-            assert_eq!(
-                source_string(&v.method, &v.host, &v.path, &p),
-                v.source_string,
-                "{}",
-                v.id
-            );
+            assert_eq!(source_string(&v.method, &v.host, &v.path, &p), v.source_string, "{}", v.id);
             assert_eq!(
                 sign::sign(&v.method, &v.host, &v.path, &p, &v.secret_key),
                 v.expected_signature,
@@ -115,11 +88,6 @@ fn signature_parameter_and_method_case_do_not_matter() {
         let mut p = params(&v);
         p.push(("Signature".into(), "whatever".into()));
         let lower = v.method.to_ascii_lowercase();
-        assert_eq!(
-            sign::sign(&lower, &v.host, &v.path, &p, &v.secret_key),
-            v.expected_signature,
-            "{}",
-            v.id
-        );
+        assert_eq!(sign::sign(&lower, &v.host, &v.path, &p, &v.secret_key), v.expected_signature, "{}", v.id);
     }
 }

@@ -24,52 +24,23 @@ fn committed_crd_matches_the_generated_one() {
 async fn kubectl_explains_fields_and_prints_columns() {
     let t = TestNs::new("kubectl").await;
     let spec = kubectl(&["explain", "cbb.spec"]).await;
-    for needle in [
-        "loadBalancerId",
-        "Immutable",
-        "credentialsSecretRef",
-        "deletionPolicy",
-        "weight",
-    ] {
+    for needle in ["loadBalancerId", "Immutable", "credentialsSecretRef", "deletionPolicy", "weight"] {
         assert!(spec.contains(needle), "explain cbb.spec lacks {needle}:\n{spec}");
     }
     let drain = kubectl(&["explain", "cbb.spec.drain.onCordon"]).await;
     assert!(drain.contains("cordoned"), "{drain}");
     let status = kubectl(&["explain", "clbbackendbinding.status.backends.state"]).await;
-    assert!(
-        status.contains("Registering, Registered or Deregistering"),
-        "{status}"
-    );
+    assert!(status.contains("Registering, Registered or Deregistering"), "{status}");
 
     let b: ClbBackendBinding = serde_json::from_value(serde_json::json!({
         "apiVersion": "clb.tke.dev/v1alpha1", "kind": "ClbBackendBinding", "metadata": {"name": "web"},
         "spec": {"loadBalancerId": "lb-abcd1234", "region": "gz", "targets": {"nodeSelector": {}}},
     }))
     .unwrap();
-    t.api::<ClbBackendBinding>()
-        .create(&PostParams::default(), &b)
-        .await
-        .unwrap();
+    t.api::<ClbBackendBinding>().create(&PostParams::default(), &b).await.unwrap();
     let table = kubectl(&["get", "cbb", "-n", &t.ns]).await;
-    let header: Vec<&str> = table
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
-    assert_eq!(
-        header,
-        [
-            "NAME",
-            "LB",
-            "REGION",
-            "DESIRED",
-            "REGISTERED",
-            "TASKS",
-            "READY",
-            "AGE"
-        ]
-    );
+    let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "LB", "REGION", "DESIRED", "REGISTERED", "TASKS", "READY", "AGE"]);
     assert!(table.contains("lb-abcd1234"), "{table}");
     let by_category = kubectl(&["get", "clb", "-n", &t.ns, "-o", "name"]).await;
     assert_eq!(by_category.trim(), "clbbackendbinding.clb.tke.dev/web");

@@ -13,14 +13,8 @@ const LB: &str = "lb-emu00001";
 
 fn config() -> EmulatorConfig {
     EmulatorConfig {
-        faults: Faults {
-            task_duration: Duration::from_millis(20),
-            ..Faults::default()
-        },
-        load_balancers: vec![SeedLoadBalancer {
-            id: LB.into(),
-            instance_ids: vec!["ins-seed0001".into()],
-        }],
+        faults: Faults { task_duration: Duration::from_millis(20), ..Faults::default() },
+        load_balancers: vec![SeedLoadBalancer { id: LB.into(), instance_ids: vec!["ins-seed0001".into()] }],
         ..EmulatorConfig::default()
     }
 }
@@ -51,10 +45,7 @@ impl Raw {
         Self {
             method: "GET",
             action: action.as_str().into(),
-            extra: extra
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            extra: extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             timestamp: now(),
             nonce: rand::random_range(1..=u32::MAX as u64),
             secret_id: creds.secret_id().into(),
@@ -107,9 +98,7 @@ fn code(v: &Value) -> i64 {
 }
 
 fn backends(n: usize) -> Vec<(String, String)> {
-    (0..n)
-        .map(|i| (format!("backends.{i}.instanceId"), format!("ins-{i:08}")))
-        .collect()
+    (0..n).map(|i| (format!("backends.{i}.instanceId"), format!("ins-{i:08}"))).collect()
 }
 
 fn with(raw: &mut Raw, extra: Vec<(String, String)>) {
@@ -121,11 +110,7 @@ fn with(raw: &mut Raw, extra: Vec<(String, String)>) {
 async fn correctly_signed_requests_are_accepted() {
     let emu = start(config()).await;
     for method in ["GET", "POST"] {
-        let mut raw = Raw::new(
-            &emu,
-            Action::DescribeLoadBalancerBackends,
-            &[("loadBalancerId", LB)],
-        );
+        let mut raw = Raw::new(&emu, Action::DescribeLoadBalancerBackends, &[("loadBalancerId", LB)]);
         raw.method = method;
         let reply = raw.send(&emu).await;
         assert_eq!(code(&reply), 0, "{reply}");
@@ -136,13 +121,7 @@ async fn correctly_signed_requests_are_accepted() {
     let mut params = raw.signed(&emu);
     params.retain(|(k, _)| k != "SignatureMethod" && k != "Signature");
     let host = format!("127.0.0.1:{}", emu.local_addr().port());
-    let sig = sign::sign(
-        "GET",
-        &host,
-        emulator::API_PATH,
-        &params,
-        emu.credentials().secret_key(),
-    );
+    let sig = sign::sign("GET", &host, emulator::API_PATH, &params, emu.credentials().secret_key());
     params.push(("Signature".into(), sig));
     assert_eq!(code(&send_params(&emu, "GET", &params).await), 0);
 }
@@ -151,11 +130,7 @@ async fn correctly_signed_requests_are_accepted() {
 #[tokio::test]
 async fn tampered_signature_is_4100() {
     let emu = start(config()).await;
-    let raw = Raw::new(
-        &emu,
-        Action::DescribeLoadBalancerBackends,
-        &[("loadBalancerId", LB)],
-    );
+    let raw = Raw::new(&emu, Action::DescribeLoadBalancerBackends, &[("loadBalancerId", LB)]);
     let mut params = raw.signed(&emu);
     params[6].1 = "lb-other".into();
     assert_eq!(code(&send_params(&emu, "GET", &params).await), 4100);
@@ -171,11 +146,7 @@ async fn tampered_signature_is_4100() {
 
     let mut params = Raw::new(&emu, Action::DescribeLoadBalancers, &[]).signed(&emu);
     params.pop();
-    assert_eq!(
-        code(&send_params(&emu, "GET", &params).await),
-        4100,
-        "missing signature"
-    );
+    assert_eq!(code(&send_params(&emu, "GET", &params).await), 4100, "missing signature");
 }
 
 /// The identical request sent twice: the second is a replay, 4500.
@@ -189,11 +160,7 @@ async fn replayed_nonce_is_4500() {
     let mut fresh = Raw::new(&emu, Action::DescribeLoadBalancers, &[]);
     fresh.nonce = raw.nonce;
     fresh.timestamp = raw.timestamp + 1;
-    assert_eq!(
-        code(&fresh.send(&emu).await),
-        4500,
-        "a reused nonce with another timestamp"
-    );
+    assert_eq!(code(&fresh.send(&emu).await), 4500, "a reused nonce with another timestamp");
 }
 
 /// A timestamp more than 300 s off either way is 4500; 200 s off is accepted.
@@ -222,38 +189,19 @@ async fn wrong_secret_id_is_4104() {
 #[tokio::test]
 async fn oversized_batch_is_4000() {
     let emu = start(config()).await;
-    let mut raw = Raw::new(
-        &emu,
-        Action::DeregisterInstancesFromLoadBalancer,
-        &[("loadBalancerId", LB)],
-    );
+    let mut raw = Raw::new(&emu, Action::DeregisterInstancesFromLoadBalancer, &[("loadBalancerId", LB)]);
     with(&mut raw, backends(21));
     assert_eq!(code(&raw.send(&emu).await), 4000);
-    let mut raw = Raw::new(
-        &emu,
-        Action::DeregisterInstancesFromLoadBalancer,
-        &[("loadBalancerId", LB)],
-    );
+    let mut raw = Raw::new(&emu, Action::DeregisterInstancesFromLoadBalancer, &[("loadBalancerId", LB)]);
     with(&mut raw, backends(20));
     assert_eq!(code(&raw.send(&emu).await), 0);
-    let mut raw = Raw::new(
-        &emu,
-        Action::DeregisterInstancesFromLoadBalancer,
-        &[("loadBalancerId", LB)],
-    );
+    let mut raw = Raw::new(&emu, Action::DeregisterInstancesFromLoadBalancer, &[("loadBalancerId", LB)]);
     with(&mut raw, vec![("backends.1.instanceId".into(), "ins-gap".into())]);
     assert_eq!(code(&raw.send(&emu).await), 4000);
-    let mut raw = Raw::new(
-        &emu,
-        Action::RegisterInstancesWithLoadBalancer,
-        &[("loadBalancerId", LB)],
-    );
+    let mut raw = Raw::new(&emu, Action::RegisterInstancesWithLoadBalancer, &[("loadBalancerId", LB)]);
     with(
         &mut raw,
-        vec![
-            ("backends.0.instanceId".into(), "ins-a".into()),
-            ("backends.0.weight".into(), "101".into()),
-        ],
+        vec![("backends.0.instanceId".into(), "ins-a".into()), ("backends.0.weight".into(), "101".into())],
     );
     assert_eq!(code(&raw.send(&emu).await), 4000, "weight above 100");
 }
@@ -264,21 +212,13 @@ async fn over_qps_is_4400() {
     let emu = start(EmulatorConfig { qps: 2, ..config() }).await;
     let mut codes = Vec::new();
     for _ in 0..8 {
-        codes.push(code(
-            &Raw::new(&emu, Action::DescribeLoadBalancers, &[])
-                .send(&emu)
-                .await,
-        ));
+        codes.push(code(&Raw::new(&emu, Action::DescribeLoadBalancers, &[]).send(&emu).await));
     }
     // A burst of `qps` passes; the rest of the second is refused (unless every request took 500 ms).
     assert_eq!(&codes[..2], [0, 0]);
     assert!(codes[2..].contains(&4400), "{codes:?}");
     assert!(codes.iter().all(|c| *c == 0 || *c == 4400), "{codes:?}");
-    let other = Raw::new(
-        &emu,
-        Action::DescribeLoadBalancerBackends,
-        &[("loadBalancerId", LB)],
-    );
+    let other = Raw::new(&emu, Action::DescribeLoadBalancerBackends, &[("loadBalancerId", LB)]);
     assert_eq!(code(&other.send(&emu).await), 0);
 }
 
@@ -287,56 +227,29 @@ async fn over_qps_is_4400() {
 #[tokio::test]
 async fn unknown_resources_and_actions() {
     let emu = start(config()).await;
-    let raw = Raw::new(
-        &emu,
-        Action::DescribeLoadBalancerBackends,
-        &[("loadBalancerId", "lb-nope")],
-    );
+    let raw = Raw::new(&emu, Action::DescribeLoadBalancerBackends, &[("loadBalancerId", "lb-nope")]);
     assert_eq!(code(&raw.send(&emu).await), 5000);
-    let mut raw = Raw::new(
-        &emu,
-        Action::DeregisterInstancesFromLoadBalancer,
-        &[("loadBalancerId", "lb-nope")],
-    );
+    let mut raw =
+        Raw::new(&emu, Action::DeregisterInstancesFromLoadBalancer, &[("loadBalancerId", "lb-nope")]);
     with(&mut raw, backends(1));
     assert_eq!(code(&raw.send(&emu).await), 5000);
-    let mut raw = Raw::new(
-        &emu,
-        Action::DeregisterInstancesFromLoadBalancer,
-        &[("loadBalancerId", LB)],
-    );
-    with(
-        &mut raw,
-        vec![("backends.0.instanceId".into(), "ins-notthere".into())],
-    );
+    let mut raw = Raw::new(&emu, Action::DeregisterInstancesFromLoadBalancer, &[("loadBalancerId", LB)]);
+    with(&mut raw, vec![("backends.0.instanceId".into(), "ins-notthere".into())]);
     let reply = raw.send(&emu).await;
     assert_eq!(code(&reply), 0);
     assert!(reply["requestId"].as_u64().is_some());
     let mut raw = Raw::new(&emu, Action::DescribeLoadBalancers, &[]);
     raw.action = "DeleteLoadBalancers".into();
     assert_eq!(code(&raw.send(&emu).await), 6100);
-    let raw = Raw::new(
-        &emu,
-        Action::DescribeLoadBalancersTaskResult,
-        &[("requestId", "99999999")],
-    );
+    let raw = Raw::new(&emu, Action::DescribeLoadBalancersTaskResult, &[("requestId", "99999999")]);
     assert_eq!(code(&raw.send(&emu).await), 5000);
 }
 
 /// DescribeLoadBalancers filters by id (unknown ids are absent) and pages with offset/limit.
 #[tokio::test]
 async fn describe_load_balancers_filters_and_pages() {
-    let seeds = (0..5)
-        .map(|i| SeedLoadBalancer {
-            id: format!("lb-{i}"),
-            instance_ids: vec![],
-        })
-        .collect();
-    let emu = start(EmulatorConfig {
-        load_balancers: seeds,
-        ..config()
-    })
-    .await;
+    let seeds = (0..5).map(|i| SeedLoadBalancer { id: format!("lb-{i}"), instance_ids: vec![] }).collect();
+    let emu = start(EmulatorConfig { load_balancers: seeds, ..config() }).await;
     let raw = Raw::new(
         &emu,
         Action::DescribeLoadBalancers,
@@ -345,13 +258,8 @@ async fn describe_load_balancers_filters_and_pages() {
     let reply = raw.send(&emu).await;
     assert_eq!(reply["totalCount"], 1);
     assert_eq!(reply["loadBalancerSet"][0]["loadBalancerId"], "lb-3");
-    let reply = Raw::new(
-        &emu,
-        Action::DescribeLoadBalancers,
-        &[("offset", "4"), ("limit", "2")],
-    )
-    .send(&emu)
-    .await;
+    let reply =
+        Raw::new(&emu, Action::DescribeLoadBalancers, &[("offset", "4"), ("limit", "2")]).send(&emu).await;
     assert_eq!(reply["totalCount"], 5);
     let ids: Vec<&str> = reply["loadBalancerSet"]
         .as_array()
@@ -367,39 +275,19 @@ async fn describe_load_balancers_filters_and_pages() {
 #[tokio::test]
 async fn tasks_state_endpoint_and_call_log() {
     let emu = start(EmulatorConfig {
-        faults: Faults {
-            task_duration: Duration::from_millis(300),
-            ..Faults::default()
-        },
+        faults: Faults { task_duration: Duration::from_millis(300), ..Faults::default() },
         ..config()
     })
     .await;
-    let mut raw = Raw::new(
-        &emu,
-        Action::RegisterInstancesWithLoadBalancer,
-        &[("loadBalancerId", LB)],
-    );
+    let mut raw = Raw::new(&emu, Action::RegisterInstancesWithLoadBalancer, &[("loadBalancerId", LB)]);
     with(
         &mut raw,
-        vec![
-            ("backends.0.instanceId".into(), "ins-new".into()),
-            ("backends.0.weight".into(), "42".into()),
-        ],
+        vec![("backends.0.instanceId".into(), "ins-new".into()), ("backends.0.weight".into(), "42".into())],
     );
     let reply = raw.send(&emu).await;
     let request_id = reply["requestId"].as_u64().unwrap().to_string();
-    let query = || {
-        Raw::new(
-            &emu,
-            Action::DescribeLoadBalancersTaskResult,
-            &[("requestId", &request_id)],
-        )
-    };
-    assert_eq!(
-        query().send(&emu).await["data"]["status"],
-        2,
-        "running right after submit"
-    );
+    let query = || Raw::new(&emu, Action::DescribeLoadBalancersTaskResult, &[("requestId", &request_id)]);
+    assert_eq!(query().send(&emu).await["data"]["status"], 2, "running right after submit");
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(query().send(&emu).await["data"]["status"], 0);
 
@@ -410,12 +298,7 @@ async fn tasks_state_endpoint_and_call_log() {
         .await
         .unwrap();
     let lb = &state["loadBalancers"][LB]["backends"];
-    assert!(
-        lb.as_array()
-            .unwrap()
-            .contains(&json!({"instanceId": "ins-new", "weight": 42})),
-        "{lb}"
-    );
+    assert!(lb.as_array().unwrap().contains(&json!({"instanceId": "ins-new", "weight": 42})), "{lb}");
     let task = &state["tasks"][0];
     assert_eq!(task["status"], "succeeded");
     assert_eq!(task["action"], "RegisterInstancesWithLoadBalancer");
@@ -430,16 +313,8 @@ async fn tasks_state_endpoint_and_call_log() {
     assert!(calls[0]["requestId"].as_u64().is_some() && calls[0]["atMs"].as_u64().is_some());
 
     // Failing tasks leave the backends alone.
-    emu.set_faults(Faults {
-        task_fail_rate: 1.0,
-        ..emu.faults()
-    })
-    .unwrap();
-    let mut raw = Raw::new(
-        &emu,
-        Action::DeregisterInstancesFromLoadBalancer,
-        &[("loadBalancerId", LB)],
-    );
+    emu.set_faults(Faults { task_fail_rate: 1.0, ..emu.faults() }).unwrap();
+    let mut raw = Raw::new(&emu, Action::DeregisterInstancesFromLoadBalancer, &[("loadBalancerId", LB)]);
     with(&mut raw, vec![("backends.0.instanceId".into(), "ins-new".into())]);
     raw.send(&emu).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -467,20 +342,10 @@ async fn config_endpoint_changes_faults() {
     assert_eq!(reply["taskDuration"], "2s");
     assert_eq!(emu.faults().error_rate, 0.25);
     assert_eq!(emu.faults().task_duration, Duration::from_secs(2));
-    let bad = http
-        .post(&url)
-        .json(&json!({"errorRate": 2}))
-        .send()
-        .await
-        .unwrap();
+    let bad = http.post(&url).json(&json!({"errorRate": 2})).send().await.unwrap();
     assert_eq!(bad.status(), 400);
     assert_eq!(emu.faults().error_rate, 0.25);
-    let typo = http
-        .post(&url)
-        .json(&json!({"error_rate": 0}))
-        .send()
-        .await
-        .unwrap();
+    let typo = http.post(&url).json(&json!({"error_rate": 0})).send().await.unwrap();
     assert!(typo.status().is_client_error());
     let current: Value = http.get(&url).send().await.unwrap().json().await.unwrap();
     assert_eq!(current["latency"], "0s");
@@ -489,22 +354,9 @@ async fn config_endpoint_changes_faults() {
 /// With --error-rate 1 every authenticated request is 6000, but authentication still comes first.
 #[tokio::test]
 async fn error_rate_injects_6000_after_authentication() {
-    let emu = start(EmulatorConfig {
-        faults: Faults {
-            error_rate: 1.0,
-            ..Faults::default()
-        },
-        ..config()
-    })
-    .await;
-    assert_eq!(
-        code(
-            &Raw::new(&emu, Action::DescribeLoadBalancers, &[])
-                .send(&emu)
-                .await
-        ),
-        6000
-    );
+    let emu =
+        start(EmulatorConfig { faults: Faults { error_rate: 1.0, ..Faults::default() }, ..config() }).await;
+    assert_eq!(code(&Raw::new(&emu, Action::DescribeLoadBalancers, &[]).send(&emu).await), 6000);
     let mut raw = Raw::new(&emu, Action::DescribeLoadBalancers, &[]);
     raw.secret_id = "AKIDwrong".into();
     assert_eq!(code(&raw.send(&emu).await), 4104);
@@ -515,34 +367,15 @@ async fn error_rate_injects_6000_after_authentication() {
 async fn state_file_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.json");
-    let emu = start(EmulatorConfig {
-        state_file: Some(path.clone()),
-        ..config()
-    })
-    .await;
+    let emu = start(EmulatorConfig { state_file: Some(path.clone()), ..config() }).await;
     let creds = emu.credentials().clone();
-    let mut raw = Raw::new(
-        &emu,
-        Action::RegisterInstancesWithLoadBalancer,
-        &[("loadBalancerId", LB)],
-    );
+    let mut raw = Raw::new(&emu, Action::RegisterInstancesWithLoadBalancer, &[("loadBalancerId", LB)]);
     with(&mut raw, backends(2));
     let first_id = raw.send(&emu).await["requestId"].as_u64().unwrap();
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let mut raw = Raw::new(
-        &emu,
-        Action::DeregisterInstancesFromLoadBalancer,
-        &[("loadBalancerId", LB)],
-    );
-    with(
-        &mut raw,
-        vec![("backends.0.instanceId".into(), "ins-seed0001".into())],
-    );
-    emu.set_faults(Faults {
-        task_duration: Duration::from_millis(1000),
-        ..emu.faults()
-    })
-    .unwrap();
+    let mut raw = Raw::new(&emu, Action::DeregisterInstancesFromLoadBalancer, &[("loadBalancerId", LB)]);
+    with(&mut raw, vec![("backends.0.instanceId".into(), "ins-seed0001".into())]);
+    emu.set_faults(Faults { task_duration: Duration::from_millis(1000), ..emu.faults() }).unwrap();
     raw.send(&emu).await;
     emu.shutdown().await;
 
@@ -551,16 +384,8 @@ async fn state_file_survives_a_restart() {
     assert_eq!(saved["calls"], json!([]), "the call log is not persisted");
 
     // Seeds for an LB the file already has do not reset it.
-    let emu = start(EmulatorConfig {
-        state_file: Some(path.clone()),
-        credentials: creds,
-        ..config()
-    })
-    .await;
-    assert_eq!(
-        emu.state().backend_ids(LB),
-        ["ins-00000000", "ins-00000001", "ins-seed0001"]
-    );
+    let emu = start(EmulatorConfig { state_file: Some(path.clone()), credentials: creds, ..config() }).await;
+    assert_eq!(emu.state().backend_ids(LB), ["ins-00000000", "ins-00000001", "ins-seed0001"]);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let state = emu.state();
     assert_eq!(
@@ -568,11 +393,7 @@ async fn state_file_survives_a_restart() {
         ["ins-00000000", "ins-00000001"],
         "the running task finished after restart"
     );
-    let mut raw = Raw::new(
-        &emu,
-        Action::DeregisterInstancesFromLoadBalancer,
-        &[("loadBalancerId", LB)],
-    );
+    let mut raw = Raw::new(&emu, Action::DeregisterInstancesFromLoadBalancer, &[("loadBalancerId", LB)]);
     with(&mut raw, backends(1));
     assert_eq!(raw.send(&emu).await["requestId"].as_u64().unwrap(), first_id + 2);
 }

@@ -23,12 +23,7 @@ async fn get(url: &str) -> Option<(u16, String)> {
 
 /// The value of a metric sample line, e.g. `name{labels} 3`.
 fn sample(text: &str, line_start: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(line_start))?
-        .rsplit(' ')
-        .next()?
-        .parse()
-        .ok()
+    text.lines().find(|l| l.starts_with(line_start))?.rsplit(' ').next()?.parse().ok()
 }
 
 /// Two replicas: one holds the lease and reconciles, the other stands by; killing the leader while a Deregister
@@ -42,12 +37,7 @@ async fn standby_takes_over_a_running_task_when_the_leader_dies() {
     let start = |name: &str, port: u16| {
         let addr = format!("--http-addr=127.0.0.1:{port}");
         let ns = format!("--leader-election-namespace={}", t.ns);
-        let args = [
-            addr.as_str(),
-            "--leader-elect",
-            ns.as_str(),
-            "--lease-duration=6s",
-        ];
+        let args = [addr.as_str(), "--leader-elect", ns.as_str(), "--lease-duration=6s"];
         OperatorProcess::start(&t, &emu.endpoint(), &args, &[("POD_NAME", name)])
     };
     let a = start("replica-a", port_a);
@@ -60,18 +50,11 @@ async fn standby_takes_over_a_running_task_when_the_leader_dies() {
     let b = start("replica-b", port_b);
     let readyz_b = format!("http://127.0.0.1:{port_b}/readyz");
     let standby = eventually(WAIT, "replica-b serving", || get(&readyz_b)).await;
-    assert_eq!(
-        standby,
-        (200, "standby".to_string()),
-        "a standby is ready but idle"
-    );
+    assert_eq!(standby, (200, "standby".to_string()), "a standby is ready but idle");
 
     binding(&t, "web", LB, false, json!({})).await;
     wait_ready_with(&t, "web", &ids(&nodes)).await;
-    let metrics_b = get(&format!("http://127.0.0.1:{port_b}/metrics"))
-        .await
-        .unwrap()
-        .1;
+    let metrics_b = get(&format!("http://127.0.0.1:{port_b}/metrics")).await.unwrap().1;
     assert_eq!(sample(&metrics_b, "clb_operator_leader "), Some(0.0));
     assert_eq!(
         sample(&metrics_b, "clb_operator_reconciles_total"),
@@ -79,57 +62,33 @@ async fn standby_takes_over_a_running_task_when_the_leader_dies() {
         "the standby reconciles nothing"
     );
 
-    emu.set_faults(Faults {
-        task_duration: Duration::from_secs(8),
-        ..emu.faults()
-    })
-    .unwrap();
-    Api::<Node>::all(t.client.clone())
-        .delete(&nodes[0].0, &DeleteParams::default())
-        .await
-        .unwrap();
+    emu.set_faults(Faults { task_duration: Duration::from_secs(8), ..emu.faults() }).unwrap();
+    Api::<Node>::all(t.client.clone()).delete(&nodes[0].0, &DeleteParams::default()).await.unwrap();
     let running = eventually(WAIT, "a running Deregister task", || async {
         let s = status(&t, "web").await;
-        s.tasks
-            .iter()
-            .find(|x| x.action == TaskAction::Deregister && x.state == TaskState::Running)
-            .cloned()
+        s.tasks.iter().find(|x| x.action == TaskAction::Deregister && x.state == TaskState::Running).cloned()
     })
     .await;
     a.kill();
     let killed = std::time::Instant::now();
     let killed_at_ms = emu.state().calls.last().map(|c| c.at_ms).unwrap_or_default();
 
-    eventually(
-        Duration::from_secs(20),
-        "replica-b polling the same requestId within 20 s",
-        || async {
-            emu.state()
-                .calls_of(Action::DescribeLoadBalancersTaskResult)
-                .any(|c| c.at_ms > killed_at_ms && c.request_id == Some(running.request_id))
-                .then_some(())
-        },
-    )
+    eventually(Duration::from_secs(20), "replica-b polling the same requestId within 20 s", || async {
+        emu.state()
+            .calls_of(Action::DescribeLoadBalancersTaskResult)
+            .any(|c| c.at_ms > killed_at_ms && c.request_id == Some(running.request_id))
+            .then_some(())
+    })
     .await;
     eprintln!("failover took {:?}", killed.elapsed());
     let s = wait_ready_with(&t, "web", &ids(&nodes[1..])).await;
     assert_eq!(
-        s.tasks
-            .iter()
-            .find(|x| x.request_id == running.request_id)
-            .map(|x| x.state),
+        s.tasks.iter().find(|x| x.request_id == running.request_id).map(|x| x.state),
         Some(TaskState::Succeeded)
     );
-    assert_eq!(
-        deregister_calls(&emu).len(),
-        1,
-        "the new leader did not submit the task again"
-    );
+    assert_eq!(deregister_calls(&emu).len(), 1, "the new leader did not submit the task again");
     let lease = leases.get("clb-operator").await.unwrap();
-    assert_eq!(
-        lease.spec.and_then(|s| s.holder_identity).as_deref(),
-        Some("replica-b")
-    );
+    assert_eq!(lease.spec.and_then(|s| s.holder_identity).as_deref(), Some("replica-b"));
     drop(b);
 }
 
@@ -146,9 +105,7 @@ async fn metrics_show_the_work_done() {
     let base = format!("http://127.0.0.1:{port}");
     assert_eq!(
         eventually(WAIT, "/readyz ok", || async {
-            get(&format!("{base}/readyz"))
-                .await
-                .filter(|(code, _)| *code == 200)
+            get(&format!("{base}/readyz")).await.filter(|(code, _)| *code == 200)
         })
         .await
         .1,
@@ -158,19 +115,13 @@ async fn metrics_show_the_work_done() {
 
     binding(&t, "web", LB, false, json!({})).await;
     wait_ready_with(&t, "web", &ids(&nodes)).await;
-    Api::<Node>::all(t.client.clone())
-        .delete(&nodes[0].0, &DeleteParams::default())
-        .await
-        .unwrap();
+    Api::<Node>::all(t.client.clone()).delete(&nodes[0].0, &DeleteParams::default()).await.unwrap();
     wait_ready_with(&t, "web", &ids(&nodes[1..])).await;
 
     let text = get(&format!("{base}/metrics")).await.unwrap().1;
     let count = |action: &str| {
-        sample(
-            &text,
-            &format!("clb_operator_clb_requests_total{{action=\"{action}\",outcome=\"ok\"}}"),
-        )
-        .unwrap_or(0.0)
+        sample(&text, &format!("clb_operator_clb_requests_total{{action=\"{action}\",outcome=\"ok\"}}"))
+            .unwrap_or(0.0)
     };
     assert!(count("RegisterInstancesWithLoadBalancer") >= 1.0, "{text}");
     assert!(count("DeregisterInstancesFromLoadBalancer") >= 1.0, "{text}");
@@ -179,15 +130,8 @@ async fn metrics_show_the_work_done() {
         sample(&text, "clb_operator_deregistration_latency_seconds_count").unwrap_or(0.0) >= 1.0,
         "{text}"
     );
-    assert!(
-        sample(&text, "clb_operator_reconciles_total").unwrap_or(0.0) >= 1.0,
-        "{text}"
-    );
-    assert_eq!(
-        sample(&text, "clb_operator_backends{state=\"Registered\"}"),
-        Some(1.0),
-        "{text}"
-    );
+    assert!(sample(&text, "clb_operator_reconciles_total").unwrap_or(0.0) >= 1.0, "{text}");
+    assert_eq!(sample(&text, "clb_operator_backends{state=\"Registered\"}"), Some(1.0), "{text}");
     assert_eq!(sample(&text, "clb_operator_leader "), Some(1.0));
     assert!(!text.contains(&t.ns), "no object names in metric labels");
 }

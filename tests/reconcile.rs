@@ -28,37 +28,19 @@ async fn node_targets_register_all_and_deregister_a_deleted_node() {
     let _op = start_operator(&t, &emu);
     binding(&t, "web", LB, false, json!({})).await;
     wait_ready_with(&t, "web", &ids(&nodes)).await;
-    assert_eq!(
-        emu.state().backend_ids(LB).into_iter().collect::<BTreeSet<_>>(),
-        ids(&nodes)
-    );
+    assert_eq!(emu.state().backend_ids(LB).into_iter().collect::<BTreeSet<_>>(), ids(&nodes));
 
     // Slow the task down so that its Running state is observable.
-    emu.set_faults(Faults {
-        task_duration: Duration::from_secs(2),
-        ..emu.faults()
-    })
-    .unwrap();
+    emu.set_faults(Faults { task_duration: Duration::from_secs(2), ..emu.faults() }).unwrap();
     let (gone_node, gone_id) = nodes[0].clone();
-    Api::<Node>::all(t.client.clone())
-        .delete(&gone_node, &DeleteParams::default())
-        .await
-        .unwrap();
+    Api::<Node>::all(t.client.clone()).delete(&gone_node, &DeleteParams::default()).await.unwrap();
     let running = eventually(WAIT, "a running Deregister task", || async {
         let s = status(&t, "web").await;
-        s.tasks
-            .iter()
-            .find(|x| x.action == TaskAction::Deregister && x.state == TaskState::Running)
-            .cloned()
+        s.tasks.iter().find(|x| x.action == TaskAction::Deregister && x.state == TaskState::Running).cloned()
     })
     .await;
     assert_eq!(running.instance_ids, std::slice::from_ref(&gone_id));
-    let emu_task = emu
-        .state()
-        .tasks
-        .iter()
-        .find(|x| x.request_id == running.request_id)
-        .cloned();
+    let emu_task = emu.state().tasks.iter().find(|x| x.request_id == running.request_id).cloned();
     assert!(
         emu_task.is_some_and(|x| x.instance_ids == [gone_id.clone()]),
         "status shows the emulator's requestId"
@@ -67,27 +49,15 @@ async fn node_targets_register_all_and_deregister_a_deleted_node() {
     let b = s.backends.iter().find(|b| b.instance_id == gone_id).unwrap();
     assert_eq!(
         (b.state, b.request_id, b.reason.as_deref()),
-        (
-            BackendState::Deregistering,
-            Some(running.request_id),
-            Some("NodeDeleted")
-        )
+        (BackendState::Deregistering, Some(running.request_id), Some("NodeDeleted"))
     );
 
     let rest: BTreeSet<String> = ids(&nodes[1..]);
     let s = wait_ready_with(&t, "web", &rest).await;
-    let done = s
-        .tasks
-        .iter()
-        .find(|x| x.request_id == running.request_id)
-        .unwrap();
+    let done = s.tasks.iter().find(|x| x.request_id == running.request_id).unwrap();
     assert_eq!(done.state, TaskState::Succeeded);
     assert!(done.completed_at.is_some());
-    assert_eq!(
-        deregister_calls(&emu),
-        [vec![gone_id.clone()]],
-        "one Deregister, for the deleted node only"
-    );
+    assert_eq!(deregister_calls(&emu), [vec![gone_id.clone()]], "one Deregister, for the deleted node only");
     assert!(!emu.state().backend_ids(LB).contains(&gone_id));
 }
 
@@ -109,13 +79,7 @@ async fn pod_targets_deregister_a_node_whose_pods_all_terminate() {
         // No kubelet here: report the pod Running and Ready the way a kubelet would.
         let ready =
             json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}});
-        pods.patch_status(
-            &format!("web-{i}"),
-            &PatchParams::default(),
-            &Patch::Merge(&ready),
-        )
-        .await
-        .unwrap();
+        pods.patch_status(&format!("web-{i}"), &PatchParams::default(), &Patch::Merge(&ready)).await.unwrap();
     }
     let _op = start_operator(&t, &emu);
     binding(&t, "web", LB, true, json!({})).await;
@@ -127,52 +91,31 @@ async fn pod_targets_deregister_a_node_whose_pods_all_terminate() {
     assert!(deregister_calls(&emu).is_empty(), "node A still runs a Ready pod");
     pods.delete("web-1", &DeleteParams::default()).await.unwrap();
     assert!(
-        pods.get("web-1")
-            .await
-            .unwrap()
-            .metadata
-            .deletion_timestamp
-            .is_some(),
+        pods.get("web-1").await.unwrap().metadata.deletion_timestamp.is_some(),
         "pod object still present"
     );
 
     let s = wait_ready_with(&t, "web", &ids(&nodes[1..])).await;
     assert_eq!(deregister_calls(&emu), [vec![nodes[0].1.clone()]]);
-    assert!(
-        s.tasks
-            .iter()
-            .any(|x| x.action == TaskAction::Deregister && x.state == TaskState::Succeeded)
-    );
-    assert!(
-        emu.state().backend_ids(LB).contains(&nodes[1].1),
-        "node B's instance untouched"
-    );
+    assert!(s.tasks.iter().any(|x| x.action == TaskAction::Deregister && x.state == TaskState::Succeeded));
+    assert!(emu.state().backend_ids(LB).contains(&nodes[1].1), "node B's instance untouched");
 }
 
 /// A failed task is retried with backoff while Degraded=True says why; once tasks succeed the binding converges.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_tasks_are_retried_with_backoff_until_they_succeed() {
     let (t, emu) = setup("task-failure").await;
-    emu.set_faults(Faults {
-        task_fail_rate: 1.0,
-        ..emu.faults()
-    })
-    .unwrap();
+    emu.set_faults(Faults { task_fail_rate: 1.0, ..emu.faults() }).unwrap();
     let tok = token_suffix();
     let nodes = nodes(&t, &tok, 1).await;
     let _op = start_operator(&t, &emu);
     binding(&t, "web", LB, false, json!({})).await;
 
-    eventually(
-        WAIT,
-        "Degraded=True TaskFailed after two failed attempts",
-        || async {
-            let s = status(&t, "web").await;
-            let failed = s.tasks.iter().filter(|x| x.state == TaskState::Failed).count();
-            (failed >= 2 && condition(&s, "Degraded") == Some(("True".into(), "TaskFailed".into())))
-                .then_some(())
-        },
-    )
+    eventually(WAIT, "Degraded=True TaskFailed after two failed attempts", || async {
+        let s = status(&t, "web").await;
+        let failed = s.tasks.iter().filter(|x| x.state == TaskState::Failed).count();
+        (failed >= 2 && condition(&s, "Degraded") == Some(("True".into(), "TaskFailed".into()))).then_some(())
+    })
     .await;
     let submits: Vec<u64> = emu
         .state()
@@ -181,22 +124,11 @@ async fn failed_tasks_are_retried_with_backoff_until_they_succeed() {
         .map(|c| c.at_ms)
         .collect();
     assert!(submits.len() >= 2);
-    assert!(
-        submits[1] - submits[0] >= 1500,
-        "the retry waited for its backoff: {submits:?}"
-    );
+    assert!(submits[1] - submits[0] >= 1500, "the retry waited for its backoff: {submits:?}");
     let s = status(&t, "web").await;
-    assert!(
-        s.backends.is_empty(),
-        "a failed Register leaves the instance unowned: {:?}",
-        s.backends
-    );
+    assert!(s.backends.is_empty(), "a failed Register leaves the instance unowned: {:?}", s.backends);
 
-    emu.set_faults(Faults {
-        task_fail_rate: 0.0,
-        ..emu.faults()
-    })
-    .unwrap();
+    emu.set_faults(Faults { task_fail_rate: 0.0, ..emu.faults() }).unwrap();
     let s = wait_ready_with(&t, "web", &ids(&nodes)).await;
     assert_eq!(condition(&s, "Degraded").map(|c| c.0).as_deref(), Some("False"));
 }
@@ -212,8 +144,7 @@ async fn ownership_adoption_and_deletion_policies() {
     let adoptee = format!("ins-{tok}001"); // node 1's instance, already serving before the binding exists
     let emu = emulator(&[&foreign, &adoptee], Duration::from_millis(200)).await;
     let c = emu.credentials();
-    t.credentials_secret("clb-credentials", c.secret_id(), c.secret_key())
-        .await;
+    t.credentials_secret("clb-credentials", c.secret_id(), c.secret_key()).await;
     let nodes = nodes(&t, &tok, 2).await;
     let _op = start_operator(&t, &emu);
     let api = t.api::<ClbBackendBinding>();
@@ -227,11 +158,7 @@ async fn ownership_adoption_and_deletion_policies() {
 
     binding(&t, "drop", LB, false, json!({})).await;
     wait_ready_with(&t, "drop", &ids(&nodes)).await;
-    assert_eq!(
-        registers(&emu),
-        [vec![nodes[0].1.clone()]],
-        "node 1 is adopted, only node 0 is registered"
-    );
+    assert_eq!(registers(&emu), [vec![nodes[0].1.clone()]], "node 1 is adopted, only node 0 is registered");
 
     api.delete("drop", &DeleteParams::default()).await.unwrap();
     eventually(WAIT, "binding drop gone", || async {
@@ -239,16 +166,8 @@ async fn ownership_adoption_and_deletion_policies() {
     })
     .await;
     let deregistered: BTreeSet<String> = deregister_calls(&emu).into_iter().flatten().collect();
-    assert_eq!(
-        deregistered,
-        ids(&nodes),
-        "every owned instance was deregistered before the finalizer went"
-    );
-    assert_eq!(
-        emu.state().backend_ids(LB),
-        std::slice::from_ref(&foreign),
-        "the foreign instance stays"
-    );
+    assert_eq!(deregistered, ids(&nodes), "every owned instance was deregistered before the finalizer went");
+    assert_eq!(emu.state().backend_ids(LB), std::slice::from_ref(&foreign), "the foreign instance stays");
 
     binding(&t, "keep", LB, false, json!({"deletionPolicy": "Retain"})).await;
     wait_ready_with(&t, "keep", &ids(&nodes)).await;
@@ -258,16 +177,9 @@ async fn ownership_adoption_and_deletion_policies() {
         api.get_opt("keep").await.unwrap().is_none().then_some(())
     })
     .await;
-    assert_eq!(
-        deregister_calls(&emu).len(),
-        before,
-        "Retain makes no Deregister call"
-    );
+    assert_eq!(deregister_calls(&emu).len(), before, "Retain makes no Deregister call");
     let on_lb: BTreeSet<String> = emu.state().backend_ids(LB).into_iter().collect();
-    assert!(
-        on_lb.is_superset(&ids(&nodes)) && on_lb.contains(&foreign),
-        "retained: {on_lb:?}"
-    );
+    assert!(on_lb.is_superset(&ids(&nodes)) && on_lb.contains(&foreign), "retained: {on_lb:?}");
 
     binding(&t, "lost", "lb-doesnotexist", false, json!({})).await;
     eventually(WAIT, "Degraded LoadBalancerNotFound", || async {
@@ -276,9 +188,7 @@ async fn ownership_adoption_and_deletion_policies() {
     })
     .await;
     let force = json!({"metadata": {"annotations": {"clb.tke.dev/force-finalize": "true"}}});
-    api.patch("lost", &PatchParams::default(), &Patch::Merge(&force))
-        .await
-        .unwrap();
+    api.patch("lost", &PatchParams::default(), &Patch::Merge(&force)).await.unwrap();
     api.delete("lost", &DeleteParams::default()).await.unwrap();
     eventually(WAIT, "binding lost gone", || async {
         api.get_opt("lost").await.unwrap().is_none().then_some(())
@@ -287,10 +197,7 @@ async fn ownership_adoption_and_deletion_policies() {
     let events: Api<Event> = t.api();
     eventually(WAIT, "a ForceFinalized event", || async {
         let list = events.list(&ListParams::default()).await.unwrap();
-        list.items
-            .iter()
-            .any(|e| e.reason.as_deref() == Some("ForceFinalized"))
-            .then_some(())
+        list.items.iter().any(|e| e.reason.as_deref() == Some("ForceFinalized")).then_some(())
     })
     .await;
     assert!(
@@ -330,11 +237,7 @@ async fn api_server_rejects_invalid_bindings_with_readable_messages() {
     for (name, spec, message) in cases {
         let obj = json!({"apiVersion": "clb.tke.dev/v1alpha1", "kind": "ClbBackendBinding", "metadata": {"name": name}, "spec": spec});
         let b: ClbBackendBinding = serde_json::from_value(obj).unwrap();
-        let err = api
-            .create(&PostParams::default(), &b)
-            .await
-            .expect_err(name)
-            .to_string();
+        let err = api.create(&PostParams::default(), &b).await.expect_err(name).to_string();
         assert!(err.contains(message), "{name}: {err}");
     }
     let ok: ClbBackendBinding = serde_json::from_value(json!({
@@ -345,11 +248,7 @@ async fn api_server_rejects_invalid_bindings_with_readable_messages() {
     let created = api.create(&PostParams::default(), &ok).await.unwrap();
     assert_eq!(created.spec.weight, 10, "defaults are applied by the API server");
     let change = json!({"spec": {"loadBalancerId": "lb-b2"}});
-    let err = api
-        .patch("ok", &PatchParams::default(), &Patch::Merge(&change))
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = api.patch("ok", &PatchParams::default(), &Patch::Merge(&change)).await.unwrap_err().to_string();
     assert!(err.contains("loadBalancerId is immutable"), "{err}");
 }
 
@@ -369,20 +268,10 @@ async fn mass_removal_is_batched_and_resync_is_free() {
 
     // Several resyncs of an unchanged binding: no CLB call at all, let alone a write.
     let calls_before = emu.state().calls.len();
-    let rv_before = t
-        .api::<ClbBackendBinding>()
-        .get("web")
-        .await
-        .unwrap()
-        .resource_version();
+    let rv_before = t.api::<ClbBackendBinding>().get("web").await.unwrap().resource_version();
     tokio::time::sleep(Duration::from_millis(3500)).await;
     assert_eq!(emu.state().calls.len(), calls_before, "resync made CLB calls");
-    let rv_after = t
-        .api::<ClbBackendBinding>()
-        .get("web")
-        .await
-        .unwrap()
-        .resource_version();
+    let rv_after = t.api::<ClbBackendBinding>().get("web").await.unwrap().resource_version();
     assert_eq!(rv_before, rv_after, "resync rewrote an unchanged status");
 
     // Remove 45 nodes in one request.
@@ -411,10 +300,7 @@ async fn mass_removal_is_batched_and_resync_is_free() {
         "45 instances in 3 calls, got {:?}",
         calls.iter().map(Vec::len).collect::<Vec<_>>()
     );
-    assert_eq!(
-        calls.iter().flatten().cloned().collect::<BTreeSet<_>>(),
-        ids(&doomed)
-    );
+    assert_eq!(calls.iter().flatten().cloned().collect::<BTreeSet<_>>(), ids(&doomed));
 }
 
 /// Killed with SIGKILL while a 5 s Deregister task runs, a restarted operator polls the same requestId instead of
@@ -428,22 +314,12 @@ async fn a_killed_operator_resumes_polling_the_same_task() {
     binding(&t, "web", LB, false, json!({})).await;
     wait_ready_with(&t, "web", &ids(&nodes)).await;
 
-    emu.set_faults(Faults {
-        task_duration: Duration::from_secs(5),
-        ..emu.faults()
-    })
-    .unwrap();
+    emu.set_faults(Faults { task_duration: Duration::from_secs(5), ..emu.faults() }).unwrap();
     let (gone_node, gone_id) = nodes[0].clone();
-    Api::<Node>::all(t.client.clone())
-        .delete(&gone_node, &DeleteParams::default())
-        .await
-        .unwrap();
+    Api::<Node>::all(t.client.clone()).delete(&gone_node, &DeleteParams::default()).await.unwrap();
     let running = eventually(WAIT, "the Deregister task Running in the status", || async {
         let s = status(&t, "web").await;
-        s.tasks
-            .iter()
-            .find(|x| x.action == TaskAction::Deregister && x.state == TaskState::Running)
-            .cloned()
+        s.tasks.iter().find(|x| x.action == TaskAction::Deregister && x.state == TaskState::Running).cloned()
     })
     .await;
     op.kill();
@@ -451,26 +327,14 @@ async fn a_killed_operator_resumes_polling_the_same_task() {
 
     let _op = OperatorProcess::start(&t, &emu.endpoint(), &[], &[]);
     let s = wait_ready_with(&t, "web", &ids(&nodes[1..])).await;
-    let task = s
-        .tasks
-        .iter()
-        .find(|x| x.request_id == running.request_id)
-        .unwrap();
+    let task = s.tasks.iter().find(|x| x.request_id == running.request_id).unwrap();
     assert_eq!(task.state, TaskState::Succeeded, "the same requestId finished");
     let deregisters: Vec<Vec<String>> = deregister_calls(&emu);
-    assert_eq!(
-        deregisters,
-        [vec![gone_id]],
-        "no second Deregister after the restart"
-    );
+    assert_eq!(deregisters, [vec![gone_id]], "no second Deregister after the restart");
     let polls_after_restart = emu
         .state()
         .calls_of(Action::DescribeLoadBalancersTaskResult)
         .filter(|c| c.at_ms > killed_at_ms && c.request_id == Some(running.request_id))
         .count();
-    assert!(
-        polls_after_restart >= 1,
-        "the restarted operator polled requestId {}",
-        running.request_id
-    );
+    assert!(polls_after_restart >= 1, "the restarted operator polled requestId {}", running.request_id);
 }

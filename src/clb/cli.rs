@@ -145,19 +145,11 @@ async fn execute(args: ClbArgs) -> Result<Report, ClbError> {
         http_method: args.http_method,
         max_batch: args.max_batch,
         request_timeout: args.request_timeout,
-        retry: RetryConfig {
-            max_attempts: args.max_attempts,
-            ..RetryConfig::default()
-        },
+        retry: RetryConfig { max_attempts: args.max_attempts, ..RetryConfig::default() },
         ..ClientConfig::default()
     };
     let client = ClbClient::new(config, Credentials::from_env()?)?;
-    let done = |output: Value| {
-        Ok(Report {
-            output,
-            failure: None,
-        })
-    };
+    let done = |output: Value| Ok(Report { output, failure: None });
     match args.command {
         ClbCommand::DescribeLbs { lbs } => {
             done(json!({ "loadBalancers": client.describe_load_balancers(&lbs).await? }))
@@ -166,12 +158,7 @@ async fn execute(args: ClbArgs) -> Result<Report, ClbError> {
             let backends = client.describe_backends(&lb).await?;
             done(json!({ "loadBalancerId": lb, "backends": backends }))
         }
-        ClbCommand::Register {
-            lb,
-            instances,
-            weight,
-            wait,
-        } => {
+        ClbCommand::Register { lb, instances, weight, wait } => {
             let backends: Vec<(String, u32)> = instances.into_iter().map(|id| (id, weight)).collect();
             let outcomes = client.register(&lb, &backends).await;
             Ok(report_batches(&client, &lb, outcomes, &wait).await)
@@ -211,11 +198,7 @@ struct ErrorReport {
 
 impl From<&ClbError> for ErrorReport {
     fn from(e: &ClbError) -> Self {
-        Self {
-            code: e.code(),
-            kind: e.kind(),
-            message: one_line(&e.to_string()),
-        }
+        Self { code: e.code(), kind: e.kind(), message: one_line(&e.to_string()) }
     }
 }
 
@@ -229,20 +212,12 @@ async fn report_batches(
     let mut failures = Vec::new();
     let mut batches = Vec::with_capacity(outcomes.len());
     for BatchOutcome { instance_ids, result } in outcomes {
-        let mut report = BatchReport {
-            instance_ids,
-            submitted: None,
-            task: None,
-            error: None,
-        };
+        let mut report = BatchReport { instance_ids, submitted: None, task: None, error: None };
         match result {
             Ok(submitted) => {
                 report.submitted = Some(submitted);
                 if let (Submitted::Task { request_id }, true) = (submitted, wait.wait) {
-                    match client
-                        .wait_task(request_id, &PollBackoff::default(), wait.wait_timeout)
-                        .await
-                    {
+                    match client.wait_task(request_id, &PollBackoff::default(), wait.wait_timeout).await {
                         Ok(state) => {
                             report.task = Some(state);
                             if state == TaskState::Failed {
@@ -268,17 +243,10 @@ async fn report_batches(
         1 => failures.pop(),
         n => Some(format!("{} (and {} more failures)", failures[0], n - 1)),
     };
-    Report {
-        output: json!({ "loadBalancerId": lb, "batches": batches }),
-        failure,
-    }
+    Report { output: json!({ "loadBalancerId": lb, "batches": batches }), failure }
 }
 
 /// A message on one line (API messages may carry newlines).
 fn one_line(message: &str) -> String {
-    message
-        .split(|c: char| c.is_control())
-        .filter(|s| !s.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
+    message.split(|c: char| c.is_control()).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" ")
 }

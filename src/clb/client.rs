@@ -98,11 +98,7 @@ impl RetryConfig {
             .with_max_delay(self.max_delay)
             .with_factor(2.0)
             .with_max_times(retries);
-        if self.jitter {
-            builder.with_jitter()
-        } else {
-            builder
-        }
+        if self.jitter { builder.with_jitter() } else { builder }
     }
 }
 
@@ -214,43 +210,24 @@ impl ClbClient {
         let quota = Quota::per_second(rate).allow_burst(NonZeroU32::MIN);
         let limiters = std::array::from_fn(|_| RateLimiter::direct(quota));
         let region = Arc::from(config.region.as_str());
-        let shared = Arc::new(Shared {
-            http,
-            config,
-            host,
-            limiters,
-        });
-        Ok(Self {
-            shared,
-            credentials: Arc::new(credentials),
-            region,
-            observer: None,
-        })
+        let shared = Arc::new(Shared { http, config, host, limiters });
+        Ok(Self { shared, credentials: Arc::new(credentials), region, observer: None })
     }
 
     /// The same client reporting every send to `observer`.
     pub fn with_observer(&self, observer: Observer) -> Self {
-        Self {
-            observer: Some(observer),
-            ..self.clone()
-        }
+        Self { observer: Some(observer), ..self.clone() }
     }
 
     /// The same client (connection pool, rate limiters, configuration) acting with other credentials, such as
     /// those of a binding's own Secret.
     pub fn with_credentials(&self, credentials: Credentials) -> Self {
-        Self {
-            credentials: Arc::new(credentials),
-            ..self.clone()
-        }
+        Self { credentials: Arc::new(credentials), ..self.clone() }
     }
 
     /// The same client sending another `Region`, such as a binding's own.
     pub fn with_region(&self, region: impl Into<String>) -> Self {
-        Self {
-            region: Arc::from(region.into()),
-            ..self.clone()
-        }
+        Self { region: Arc::from(region.into()), ..self.clone() }
     }
 
     /// The `Region` this client sends.
@@ -308,25 +285,14 @@ impl ClbClient {
         let params = [("loadBalancerId".to_owned(), lb.to_owned())];
         let to_backends = |r: BackendsResponse| -> Result<(Option<u64>, Vec<Backend>), String> {
             let total = r.total_count.map(|t| t.0);
-            let backends = r
-                .backend_set
-                .into_iter()
-                .map(Backend::try_from)
-                .collect::<Result<Vec<_>, _>>()?;
+            let backends = r.backend_set.into_iter().map(Backend::try_from).collect::<Result<Vec<_>, _>>()?;
             Ok((total, backends))
         };
-        let (total, backends) = self
-            .call(Action::DescribeLoadBalancerBackends, &params, to_backends)
-            .await?;
+        let (total, backends) = self.call(Action::DescribeLoadBalancerBackends, &params, to_backends).await?;
         // NB: the v2 docs list no paging for this action; if the API ever truncates, say so instead of
         // silently treating the missing backends as absent.
         if let Some(total) = total.filter(|t| *t > backends.len() as u64) {
-            warn!(
-                lb,
-                total,
-                returned = backends.len(),
-                "CLB returned fewer backends than totalCount"
-            );
+            warn!(lb, total, returned = backends.len(), "CLB returned fewer backends than totalCount");
         }
         Ok(backends)
     }
@@ -336,27 +302,20 @@ impl ClbClient {
     pub async fn register(&self, lb: &str, backends: &[(String, u32)]) -> Vec<BatchOutcome> {
         let items: Vec<(&str, Option<u32>)> =
             backends.iter().map(|(id, w)| (id.as_str(), Some(*w))).collect();
-        self.submit(Action::RegisterInstancesWithLoadBalancer, lb, &items)
-            .await
+        self.submit(Action::RegisterInstancesWithLoadBalancer, lb, &items).await
     }
 
     /// DeregisterInstancesFromLoadBalancer in batches of `max_batch`; one outcome per batch, in order. A 5000
     /// answer (resource does not exist) is [`Submitted::AlreadyGone`].
     pub async fn deregister(&self, lb: &str, instance_ids: &[String]) -> Vec<BatchOutcome> {
         let items: Vec<(&str, Option<u32>)> = instance_ids.iter().map(|id| (id.as_str(), None)).collect();
-        self.submit(Action::DeregisterInstancesFromLoadBalancer, lb, &items)
-            .await
+        self.submit(Action::DeregisterInstancesFromLoadBalancer, lb, &items).await
     }
 
     /// DescribeLoadBalancersTaskResult: one look at task `request_id`.
     pub async fn task_result(&self, request_id: u64) -> Result<TaskState, ClbError> {
         let params = [("requestId".to_owned(), request_id.to_string())];
-        self.call(
-            Action::DescribeLoadBalancersTaskResult,
-            &params,
-            |r: TaskResultResponse| r.state(),
-        )
-        .await
+        self.call(Action::DescribeLoadBalancersTaskResult, &params, |r: TaskResultResponse| r.state()).await
     }
 
     /// Sends batches one after another: the per-action limiter would serialise them anyway, and order keeps
@@ -394,9 +353,7 @@ impl ClbClient {
                 params.push((format!("backends.{i}.weight"), weight.to_string()));
             }
         }
-        let submitted = self
-            .call(action, &params, |r: SubmitResponse| Ok(r.request_id.0))
-            .await;
+        let submitted = self.call(action, &params, |r: SubmitResponse| Ok(r.request_id.0)).await;
         match submitted {
             Ok(request_id) => Ok(Submitted::Task { request_id }),
             Err(e)
@@ -421,14 +378,8 @@ impl ClbClient {
         (|| async {
             self.shared.limiters[action.index()].until_ready().await;
             let started = Instant::now();
-            let result = self
-                .send_once(
-                    action,
-                    params,
-                    convert,
-                    attempt.fetch_add(1, Ordering::Relaxed) + 1,
-                )
-                .await;
+            let result =
+                self.send_once(action, params, convert, attempt.fetch_add(1, Ordering::Relaxed) + 1).await;
             if let Some(observe) = &self.observer {
                 observe(action, result.as_ref().map(|_| ()), started.elapsed());
             }
@@ -453,9 +404,7 @@ impl ClbClient {
     ) -> Result<U, ClbError> {
         let config = &self.shared.config;
         if self.credentials.secret_id().is_empty() || self.credentials.secret_key().is_empty() {
-            return Err(ClbError::Config(
-                "no credentials: the SecretId or the SecretKey is empty".into(),
-            ));
+            return Err(ClbError::Config("no credentials: the SecretId or the SecretKey is empty".into()));
         }
         let params = self.signed_params(action, action_params);
         let encoded = sign::urlencode(&params);
@@ -497,19 +446,12 @@ impl ClbClient {
         trace!(action = %action, params = ?action_params, "CLB request parameters");
         let started = Instant::now();
         let timeout = config.request_timeout;
-        let response = request
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|e| ClbError::from_reqwest(action, timeout, e))?;
+        let response =
+            request.timeout(timeout).send().await.map_err(|e| ClbError::from_reqwest(action, timeout, e))?;
         let status = response.status().as_u16();
         let body = read_body(action, timeout, response).await?;
         let result = wire::decode::<T>(action, status, &body).and_then(|decoded| {
-            convert(decoded).map_err(|reason| ClbError::Decode {
-                action,
-                reason,
-                snippet: snippet(&body),
-            })
+            convert(decoded).map_err(|reason| ClbError::Decode { action, reason, snippet: snippet(&body) })
         });
         let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         match &result {
@@ -524,19 +466,14 @@ impl ClbClient {
 
     /// The common parameters (fresh Timestamp and Nonce) followed by the action's own.
     fn signed_params(&self, action: Action, action_params: &[(String, String)]) -> Vec<(String, String)> {
-        let timestamp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         // A positive u32: the docs only promise "UInt", so this is the conservative range.
         let nonce: u32 = rand::rng().random_range(1..=u32::MAX);
         let mut params = Vec::with_capacity(7 + action_params.len());
         params.push(("Action".to_owned(), action.as_str().to_owned()));
         params.push(("Region".to_owned(), self.region.to_string()));
         params.push(("SecretId".to_owned(), self.credentials.secret_id().to_owned()));
-        params.push((
-            sign::SIGNATURE_METHOD.to_owned(),
-            self.shared.config.sign_method.as_str().to_owned(),
-        ));
+        params.push((sign::SIGNATURE_METHOD.to_owned(), self.shared.config.sign_method.as_str().to_owned()));
         params.push(("Timestamp".to_owned(), timestamp.to_string()));
         params.push(("Nonce".to_owned(), nonce.to_string()));
         if let Some(token) = self.credentials.token() {
@@ -554,18 +491,10 @@ async fn read_body(
     mut response: reqwest::Response,
 ) -> Result<Vec<u8>, ClbError> {
     let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| ClbError::from_reqwest(action, timeout, e))?
-    {
+    while let Some(chunk) = response.chunk().await.map_err(|e| ClbError::from_reqwest(action, timeout, e))? {
         if body.len() + chunk.len() > MAX_BODY_BYTES {
             let reason = format!("body larger than {MAX_BODY_BYTES} bytes");
-            return Err(ClbError::Decode {
-                action,
-                reason,
-                snippet: snippet(&body),
-            });
+            return Err(ClbError::Decode { action, reason, snippet: snippet(&body) });
         }
         body.extend_from_slice(&chunk);
     }
@@ -574,10 +503,7 @@ async fn read_body(
 
 /// `prefix.0=a&prefix.1=b…` parameters.
 fn indexed<'a>(prefix: &str, values: impl Iterator<Item = &'a str>) -> Vec<(String, String)> {
-    values
-        .enumerate()
-        .map(|(i, v)| (format!("{prefix}.{i}"), v.to_owned()))
-        .collect()
+    values.enumerate().map(|(i, v)| (format!("{prefix}.{i}"), v.to_owned())).collect()
 }
 
 /// The URL's authority as the Host header carries it: the host, plus `:port` unless it is the scheme's default.
@@ -618,14 +544,8 @@ mod tests {
     #[test]
     fn authority_matches_the_host_header() {
         let a = |u: &str| authority(&Url::parse(u).unwrap());
-        assert_eq!(
-            a("http://127.0.0.1:9000/v2/index.php").as_deref(),
-            Some("127.0.0.1:9000")
-        );
-        assert_eq!(
-            a("https://lb.api.qcloud.com:443/v2/index.php").as_deref(),
-            Some("lb.api.qcloud.com")
-        );
+        assert_eq!(a("http://127.0.0.1:9000/v2/index.php").as_deref(), Some("127.0.0.1:9000"));
+        assert_eq!(a("https://lb.api.qcloud.com:443/v2/index.php").as_deref(), Some("lb.api.qcloud.com"));
         assert_eq!(a("http://[::1]:80/").as_deref(), Some("[::1]"));
     }
 
@@ -634,28 +554,13 @@ mod tests {
     fn bad_configuration_is_a_config_error() {
         let creds = || Credentials::new("id", "key", None);
         let bad = [
-            ClientConfig {
-                max_batch: 0,
-                ..ClientConfig::default()
-            },
-            ClientConfig {
-                rate_limit_per_second: 0,
-                ..ClientConfig::default()
-            },
-            ClientConfig {
-                endpoint: Url::parse("ftp://x/").unwrap(),
-                ..ClientConfig::default()
-            },
-            ClientConfig {
-                endpoint: Url::parse("http://x/?a=b").unwrap(),
-                ..ClientConfig::default()
-            },
+            ClientConfig { max_batch: 0, ..ClientConfig::default() },
+            ClientConfig { rate_limit_per_second: 0, ..ClientConfig::default() },
+            ClientConfig { endpoint: Url::parse("ftp://x/").unwrap(), ..ClientConfig::default() },
+            ClientConfig { endpoint: Url::parse("http://x/?a=b").unwrap(), ..ClientConfig::default() },
         ];
         for config in bad {
-            assert!(matches!(
-                ClbClient::new(config, creds()),
-                Err(ClbError::Config(_))
-            ));
+            assert!(matches!(ClbClient::new(config, creds()), Err(ClbError::Config(_))));
         }
         // Empty credentials build (a shared client may only act through `with_credentials`) but never send.
         let empty = ClbClient::new(ClientConfig::default(), Credentials::new("", "", None)).unwrap();
@@ -676,9 +581,6 @@ mod tests {
         )
         .unwrap();
         let shown = format!("{client:?}");
-        assert!(
-            shown.contains("AKID1") && !shown.contains("s3cr3t") && !shown.contains("t0k3n"),
-            "{shown}"
-        );
+        assert!(shown.contains("AKID1") && !shown.contains("s3cr3t") && !shown.contains("t0k3n"), "{shown}");
     }
 }

@@ -163,11 +163,8 @@ const SNIPPET_CHARS: usize = 120;
 /// [`SNIPPET_CHARS`] characters (never inside a character).
 pub(crate) fn snippet(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(&body[..body.len().min(SNIPPET_CHARS * 4)]);
-    let mut out: String = text
-        .chars()
-        .take(SNIPPET_CHARS)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
+    let mut out: String =
+        text.chars().take(SNIPPET_CHARS).map(|c| if c.is_control() { ' ' } else { c }).collect();
     if text.chars().nth(SNIPPET_CHARS).is_some() || body.len() > SNIPPET_CHARS * 4 {
         out.push('…');
     }
@@ -196,11 +193,8 @@ mod tests {
         for code in [4000, 4100, 4104, 4105, 4300, 5000, 5400, 6100] {
             assert!(!api(code).is_retryable(), "{code}");
         }
-        let http = |status| ClbError::Http {
-            action: Action::DescribeLoadBalancers,
-            status,
-            snippet: String::new(),
-        };
+        let http =
+            |status| ClbError::Http { action: Action::DescribeLoadBalancers, status, snippet: String::new() };
         assert!(http(502).is_retryable());
         assert!(!http(404).is_retryable());
     }

@@ -73,10 +73,7 @@ impl FromStr for Action {
     type Err = UnknownAction;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|a| a.as_str() == s)
-            .ok_or(UnknownAction)
+        Self::ALL.into_iter().find(|a| a.as_str() == s).ok_or(UnknownAction)
     }
 }
 

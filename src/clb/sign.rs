@@ -40,9 +40,7 @@ impl SignMethod {
     /// The digest the server uses for these parameters: HMAC-SHA256 only if `SignatureMethod` is exactly
     /// `HmacSHA256` (case-sensitive, as documented), HMAC-SHA1 in every other case.
     pub fn of_params(params: &[(String, String)]) -> Self {
-        let sha256 = params
-            .iter()
-            .any(|(name, value)| name == SIGNATURE_METHOD && value == "HmacSHA256");
+        let sha256 = params.iter().any(|(name, value)| name == SIGNATURE_METHOD && value == "HmacSHA256");
         if sha256 { Self::HmacSha256 } else { Self::HmacSha1 }
     }
 }
@@ -80,14 +78,8 @@ pub fn source_string(method: &str, host: &str, path: &str, params: &[(String, St
 pub fn sign(method: &str, host: &str, path: &str, params: &[(String, String)], secret_key: &str) -> String {
     let message = source_string(method, host, path, params);
     let digest = match SignMethod::of_params(params) {
-        SignMethod::HmacSha1 => mac::<sha1::Sha1>(secret_key, &message)
-            .finalize()
-            .into_bytes()
-            .to_vec(),
-        SignMethod::HmacSha256 => mac::<sha2::Sha256>(secret_key, &message)
-            .finalize()
-            .into_bytes()
-            .to_vec(),
+        SignMethod::HmacSha1 => mac::<sha1::Sha1>(secret_key, &message).finalize().into_bytes().to_vec(),
+        SignMethod::HmacSha256 => mac::<sha2::Sha256>(secret_key, &message).finalize().into_bytes().to_vec(),
     };
     BASE64.encode(digest)
 }
@@ -107,21 +99,15 @@ pub fn verify(
     };
     let message = source_string(method, host, path, params);
     match SignMethod::of_params(params) {
-        SignMethod::HmacSha1 => mac::<sha1::Sha1>(secret_key, &message)
-            .verify_slice(&received)
-            .is_ok(),
-        SignMethod::HmacSha256 => mac::<sha2::Sha256>(secret_key, &message)
-            .verify_slice(&received)
-            .is_ok(),
+        SignMethod::HmacSha1 => mac::<sha1::Sha1>(secret_key, &message).verify_slice(&received).is_ok(),
+        SignMethod::HmacSha256 => mac::<sha2::Sha256>(secret_key, &message).verify_slice(&received).is_ok(),
     }
 }
 
 /// URL-encodes parameters for the GET query or the POST body the way Python's `urlencode` does
 /// (`application/x-www-form-urlencoded`: space as `+`, every reserved byte percent-encoded).
 pub fn urlencode(params: &[(String, String)]) -> String {
-    form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(params)
-        .finish()
+    form_urlencoded::Serializer::new(String::new()).extend_pairs(params).finish()
 }
 
 /// An HMAC over `message` keyed with `key`.
@@ -141,34 +127,20 @@ mod tests {
     use super::*;
 
     fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     /// Underscores in names are signed as dots, values keep theirs, and `Signature` is never signed.
     #[test]
     fn underscore_names_are_signed_as_dots_and_signature_is_excluded() {
-        let p = params(&[
-            ("Placement_Zone", "CN_GUANGZHOU"),
-            ("Signature", "x"),
-            ("Action", "A"),
-        ]);
-        assert_eq!(
-            source_string("get", "h", "/p", &p),
-            "GETh/p?Action=A&Placement.Zone=CN_GUANGZHOU"
-        );
+        let p = params(&[("Placement_Zone", "CN_GUANGZHOU"), ("Signature", "x"), ("Action", "A")]);
+        assert_eq!(source_string("get", "h", "/p", &p), "GETh/p?Action=A&Placement.Zone=CN_GUANGZHOU");
     }
 
     /// Byte order puts uppercase first and `backends.10` before `backends.2`.
     #[test]
     fn names_sort_in_byte_order() {
-        let p = params(&[
-            ("backends.2.instanceId", "b"),
-            ("backends.10.instanceId", "a"),
-            ("Nonce", "1"),
-        ]);
+        let p = params(&[("backends.2.instanceId", "b"), ("backends.10.instanceId", "a"), ("Nonce", "1")]);
         assert_eq!(
             source_string("POST", "h", "/", &p),
             "POSTh/?Nonce=1&backends.10.instanceId=a&backends.2.instanceId=b"

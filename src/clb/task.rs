@@ -55,11 +55,7 @@ impl Default for PollBackoff {
     /// 100 ms, doubling, capped at 2 s: a typical task (hundreds of milliseconds to a few seconds) is seen
     /// finished within about one cap interval, with at most ~5 polls in the first 3 s.
     fn default() -> Self {
-        Self {
-            initial: Duration::from_millis(100),
-            factor: 2,
-            max: Duration::from_secs(2),
-        }
+        Self { initial: Duration::from_millis(100), factor: 2, max: Duration::from_secs(2) }
     }
 }
 
@@ -94,10 +90,7 @@ impl ClbClient {
             }
             let delay = backoff.delay(attempt);
             if started.elapsed() + delay > timeout {
-                return Err(ClbError::TaskTimeout {
-                    request_id,
-                    waited: started.elapsed(),
-                });
+                return Err(ClbError::TaskTimeout { request_id, waited: started.elapsed() });
             }
             tokio::time::sleep(delay).await;
             attempt = attempt.saturating_add(1);
@@ -121,11 +114,7 @@ mod tests {
     /// A factor of 0 or 1 gives a constant delay.
     #[test]
     fn factor_one_is_constant() {
-        let b = PollBackoff {
-            initial: Duration::from_millis(300),
-            factor: 0,
-            max: Duration::from_secs(1),
-        };
+        let b = PollBackoff { initial: Duration::from_millis(300), factor: 0, max: Duration::from_secs(1) };
         assert_eq!(b.delay(5), Duration::from_millis(300));
     }
 

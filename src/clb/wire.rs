@@ -38,9 +38,7 @@ where
                 Value::Array(_) => "an array",
                 Value::Object(_) => "an object",
             };
-            D::Error::custom(format_args!(
-                "expected an integer or a numeric string, found {found}"
-            ))
+            D::Error::custom(format_args!("expected an integer or a numeric string, found {found}"))
         })
     }
 }
@@ -143,10 +141,7 @@ impl TryFrom<BackendDto> for Backend {
                 let legacy = legacy.filter(|l| *l != unified);
                 (unified, legacy)
             }
-            None => (
-                legacy.ok_or("a backend has neither unInstanceId nor instanceId")?,
-                None,
-            ),
+            None => (legacy.ok_or("a backend has neither unInstanceId nor instanceId")?, None),
         };
         Ok(Self {
             instance_id,
@@ -210,17 +205,9 @@ impl TaskResultResponse {
 /// non-zero `code` is [`ClbError::Api`], anything that is not the expected JSON is [`ClbError::Decode`].
 pub fn decode<T: DeserializeOwned>(action: Action, status: u16, body: &[u8]) -> Result<T, ClbError> {
     if !(200..300).contains(&status) {
-        return Err(ClbError::Http {
-            action,
-            status,
-            snippet: snippet(body),
-        });
+        return Err(ClbError::Http { action, status, snippet: snippet(body) });
     }
-    let malformed = |reason: String| ClbError::Decode {
-        action,
-        reason,
-        snippet: snippet(body),
-    };
+    let malformed = |reason: String| ClbError::Decode { action, reason, snippet: snippet(body) };
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
         None => return Err(malformed("empty body".into())),
         // NB: serde also reads a JSON array into a struct, field by field; `[4100, "x"]` must not pass as an
@@ -230,10 +217,7 @@ pub fn decode<T: DeserializeOwned>(action: Action, status: u16, body: &[u8]) -> 
     }
     let envelope: Envelope =
         serde_json::from_slice(body).map_err(|e| malformed(format!("not a CLB response: {e}")))?;
-    let code = envelope
-        .code
-        .ok_or_else(|| malformed("no `code` field".into()))?
-        .0;
+    let code = envelope.code.ok_or_else(|| malformed("no `code` field".into()))?.0;
     if code != 0 {
         return Err(ClbError::Api {
             action,
@@ -261,18 +245,12 @@ mod tests {
     /// `code` and `requestId` decode from numbers and strings alike.
     #[test]
     fn numbers_and_numeric_strings_both_decode() {
-        let a: SubmitResponse = decode(
-            Action::DeregisterInstancesFromLoadBalancer,
-            200,
-            br#"{"code":"0","requestId":"42"}"#,
-        )
-        .unwrap();
-        let b: SubmitResponse = decode(
-            Action::DeregisterInstancesFromLoadBalancer,
-            200,
-            br#"{"code":0,"requestId":42,"x":[1]}"#,
-        )
-        .unwrap();
+        let a: SubmitResponse =
+            decode(Action::DeregisterInstancesFromLoadBalancer, 200, br#"{"code":"0","requestId":"42"}"#)
+                .unwrap();
+        let b: SubmitResponse =
+            decode(Action::DeregisterInstancesFromLoadBalancer, 200, br#"{"code":0,"requestId":42,"x":[1]}"#)
+                .unwrap();
         assert_eq!((a.request_id.0, b.request_id.0), (42, 42));
     }
 
@@ -285,27 +263,19 @@ mod tests {
             br#"{"code":"5100","message":"try later","codeDesc":"OperationFailed"}"#,
         )
         .unwrap_err();
-        assert!(
-            matches!(&err, ClbError::Api { code: 5100, message, code_desc, .. }
-            if message == "try later" && code_desc == "OperationFailed")
-        );
+        assert!(matches!(&err, ClbError::Api { code: 5100, message, code_desc, .. }
+            if message == "try later" && code_desc == "OperationFailed"));
     }
 
     /// The task status accepts the documented object and the "Array" the docs' type column claims.
     #[test]
     fn task_data_as_object_or_array() {
-        let obj: TaskResultResponse = decode(
-            Action::DescribeLoadBalancersTaskResult,
-            200,
-            br#"{"code":0,"data":{"status":2}}"#,
-        )
-        .unwrap();
-        let arr: TaskResultResponse = decode(
-            Action::DescribeLoadBalancersTaskResult,
-            200,
-            br#"{"code":0,"data":[{"status":"1"}]}"#,
-        )
-        .unwrap();
+        let obj: TaskResultResponse =
+            decode(Action::DescribeLoadBalancersTaskResult, 200, br#"{"code":0,"data":{"status":2}}"#)
+                .unwrap();
+        let arr: TaskResultResponse =
+            decode(Action::DescribeLoadBalancersTaskResult, 200, br#"{"code":0,"data":[{"status":"1"}]}"#)
+                .unwrap();
         assert_eq!(obj.state(), Ok(TaskState::Running));
         assert_eq!(arr.state(), Ok(TaskState::Failed));
     }
@@ -322,14 +292,8 @@ mod tests {
             instance_status: None,
         };
         let b = Backend::try_from(dto(Some("ins-a"), Some("qcvm1"))).unwrap();
-        assert_eq!(
-            (b.instance_id.as_str(), b.legacy_instance_id.as_deref()),
-            ("ins-a", Some("qcvm1"))
-        );
-        assert_eq!(
-            Backend::try_from(dto(None, Some("qcvm1"))).unwrap().instance_id,
-            "qcvm1"
-        );
+        assert_eq!((b.instance_id.as_str(), b.legacy_instance_id.as_deref()), ("ins-a", Some("qcvm1")));
+        assert_eq!(Backend::try_from(dto(None, Some("qcvm1"))).unwrap().instance_id, "qcvm1");
         assert!(Backend::try_from(dto(Some(""), None)).is_err());
     }
 }

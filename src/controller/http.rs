@@ -67,10 +67,7 @@ async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
 
 async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         s.metrics.encode(),
     )
 }

@@ -39,11 +39,7 @@ impl Interest {
                 targets_nodes: true,
                 pod_namespace: None,
             },
-            (None, _) => Self {
-                nodes,
-                pod_namespace: Some(namespace.to_owned()),
-                ..Default::default()
-            },
+            (None, _) => Self { nodes, pod_namespace: Some(namespace.to_owned()), ..Default::default() },
         }
     }
 }
@@ -78,11 +74,7 @@ impl BindingIndex {
         if interest.targets_nodes {
             match interest.node_labels.iter().next() {
                 Some((k, v)) => {
-                    inner
-                        .by_label
-                        .entry((k.clone(), v.clone()))
-                        .or_default()
-                        .insert(key.clone());
+                    inner.by_label.entry((k.clone(), v.clone())).or_default().insert(key.clone());
                 }
                 None => {
                     inner.node_any.insert(key.clone());
@@ -90,11 +82,7 @@ impl BindingIndex {
             }
         }
         if let Some(ns) = &interest.pod_namespace {
-            inner
-                .by_namespace
-                .entry(ns.clone())
-                .or_default()
-                .insert(key.clone());
+            inner.by_namespace.entry(ns.clone()).or_default().insert(key.clone());
         }
         inner.interests.insert(key, interest);
     }
@@ -136,10 +124,7 @@ impl BindingIndex {
 
     /// Whether any binding targets pods; the pod watch matters only then.
     pub fn any_pod_targeted(&self) -> bool {
-        self.inner
-            .read()
-            .map(|i| !i.by_namespace.is_empty())
-            .unwrap_or(true)
+        self.inner.read().map(|i| !i.by_namespace.is_empty()).unwrap_or(true)
     }
 }
 
@@ -183,12 +168,7 @@ mod tests {
         Node {
             metadata: ObjectMeta {
                 name: Some(name.into()),
-                labels: Some(
-                    labels
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
+                labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
                 ..Default::default()
             },
             ..Default::default()
@@ -197,11 +177,7 @@ mod tests {
 
     fn pod(ns: &str) -> Pod {
         Pod {
-            metadata: ObjectMeta {
-                name: Some("p".into()),
-                namespace: Some(ns.into()),
-                ..Default::default()
-            },
+            metadata: ObjectMeta { name: Some("p".into()), namespace: Some(ns.into()), ..Default::default() },
             ..Default::default()
         }
     }
@@ -257,13 +233,7 @@ mod tests {
     #[test]
     fn expression_only_selectors_see_every_node() {
         let idx = BindingIndex::default();
-        idx.update(
-            key("expr"),
-            Interest {
-                targets_nodes: true,
-                ..Default::default()
-            },
-        );
+        idx.update(key("expr"), Interest { targets_nodes: true, ..Default::default() });
         assert_eq!(sorted(idx.for_node(&node("anything", &[]))), ["expr"]);
     }
 }

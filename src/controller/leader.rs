@@ -44,10 +44,7 @@ pub async fn lead(client: Client, settings: &LeaseSettings) -> anyhow::Result<Jo
         .context("setting up the leader lease")?;
     let (mut leading, task) = manager.watch().await;
     info!(lease = %settings.name, namespace = %settings.namespace, %identity, "Waiting for the leader lease");
-    leading
-        .wait_for(|l| *l)
-        .await
-        .context("the leader lease task stopped")?;
+    leading.wait_for(|l| *l).await.context("the leader lease task stopped")?;
     info!(%identity, "Acquired the leader lease");
     Ok(tokio::spawn(watch_loss(leading, task)))
 }

@@ -114,10 +114,7 @@ impl Context {
         metrics: Arc<Metrics>,
     ) -> Self {
         let Caches { nodes, pods, signals } = caches;
-        let reporter = Reporter {
-            controller: MANAGER.into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
+        let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -151,13 +148,11 @@ impl Context {
         };
         // resourceVersions are opaque by contract, but every etcd-backed API server issues increasing integers;
         // where they do not parse, equality is the only safe test.
-        let cache_is_older = match (
-            rv_number(binding.resource_version()),
-            rv_number(w.resource_version.clone()),
-        ) {
-            (Some(cached), Some(ours)) => cached < ours,
-            _ => binding.resource_version() != w.resource_version,
-        };
+        let cache_is_older =
+            match (rv_number(binding.resource_version()), rv_number(w.resource_version.clone())) {
+                (Some(cached), Some(ours)) => cached < ours,
+                _ => binding.resource_version() != w.resource_version,
+            };
         if cache_is_older {
             return w.status.clone();
         }
@@ -172,13 +167,7 @@ impl Context {
         status: &ClbBackendBindingStatus,
     ) {
         if let Ok(mut w) = self.written.lock() {
-            w.insert(
-                key.clone(),
-                Written {
-                    resource_version,
-                    status: status.clone(),
-                },
-            );
+            w.insert(key.clone(), Written { resource_version, status: status.clone() });
         }
     }
 
@@ -207,11 +196,7 @@ impl Context {
 
     /// Records the deregistration latency of a finished Deregister task (if it was submitted by this process).
     fn deregister_finished(&self, request_id: u64, succeeded: bool) {
-        let signals = self
-            .deregister_signals
-            .lock()
-            .ok()
-            .and_then(|mut d| d.remove(&request_id));
+        let signals = self.deregister_signals.lock().ok().and_then(|mut d| d.remove(&request_id));
         if succeeded {
             for seen in signals.into_iter().flatten() {
                 self.metrics.deregistered(seen.elapsed());
@@ -270,9 +255,7 @@ impl Context {
             .reported
             .lock()
             .map(|mut r| {
-                r.entry(ObjectRef::from_obj(binding))
-                    .or_default()
-                    .insert(format!("{reason}:{note}"))
+                r.entry(ObjectRef::from_obj(binding)).or_default().insert(format!("{reason}:{note}"))
             })
             .unwrap_or(true);
         if fresh {
@@ -313,11 +296,7 @@ pub struct RunArgs {
     #[arg(long, env = "WATCH_NAMESPACE")]
     pub namespace: Option<String>,
     /// CLB API v2 endpoint.
-    #[arg(
-        long,
-        env = "CLB_ENDPOINT",
-        default_value = "https://lb.api.qcloud.com/v2/index.php"
-    )]
+    #[arg(long, env = "CLB_ENDPOINT", default_value = "https://lb.api.qcloud.com/v2/index.php")]
     pub clb_endpoint: url::Url,
     /// Address serving /healthz, /readyz and /metrics.
     #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8080")]
@@ -406,10 +385,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (pods, pod_writer) = reflector::store();
     let pod_signals = signals.clone();
     let pod_events = changes_only(
-        reflector::reflector(
-            pod_writer,
-            watcher(pod_api, watcher::Config::default()).modify(trim_pod),
-        ),
+        reflector::reflector(pod_writer, watcher(pod_api, watcher::Config::default()).modify(trim_pod)),
         move |pod: &Pod| {
             if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
                 pod_signals.saw(node);
@@ -431,29 +407,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let clb = ClbClient::new(
         clb_config,
-        default_credentials
-            .clone()
-            .unwrap_or_else(|| Credentials::new("", "", None)),
+        default_credentials.clone().unwrap_or_else(|| Credentials::new("", "", None)),
     )
     .context("building the CLB client")?
     .with_observer(metrics.clb_observer());
-    let settings = Settings {
-        resync: args.resync,
-        poll: PollBackoff::default(),
-    };
-    let caches = Caches {
-        nodes: nodes.clone(),
-        pods: pods.clone(),
-        signals,
-    };
-    let ctx = Arc::new(Context::new(
-        client,
-        caches,
-        clb,
-        default_credentials,
-        settings,
-        metrics,
-    ));
+    let settings = Settings { resync: args.resync, poll: PollBackoff::default() };
+    let caches = Caches { nodes: nodes.clone(), pods: pods.clone(), signals };
+    let ctx = Arc::new(Context::new(client, caches, clb, default_credentials, settings, metrics));
 
     {
         let (nodes, pods, ready) = (nodes.clone(), pods.clone(), ready.clone());
@@ -470,11 +430,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     Controller::new(bindings, watcher::Config::default().any_semantic())
         .watches_stream(node_events, move |node| for_nodes.index.for_node(&node))
         .watches_stream(pod_events, move |pod| for_pods.index.for_pod(&pod))
-        .with_config(
-            ControllerConfig::default()
-                .concurrency(args.concurrency)
-                .debounce(args.debounce),
-        )
+        .with_config(ControllerConfig::default().concurrency(args.concurrency).debounce(args.debounce))
         .shutdown_on_signal()
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|result| async move {
@@ -495,9 +451,7 @@ pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
             kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?
         }
-        None => kube::Config::infer()
-            .await
-            .context("no kubeconfig and not in a cluster")?,
+        None => kube::Config::infer().await.context("no kubeconfig and not in a cluster")?,
     };
     Client::try_from(config).context("building the Kubernetes client")
 }
@@ -542,11 +496,7 @@ where
 }
 
 fn object_key<K: Resource>(obj: &K) -> String {
-    format!(
-        "{}/{}",
-        obj.meta().namespace.as_deref().unwrap_or(""),
-        obj.meta().name.as_deref().unwrap_or("")
-    )
+    format!("{}/{}", obj.meta().namespace.as_deref().unwrap_or(""), obj.meta().name.as_deref().unwrap_or(""))
 }
 
 /// A digest of an object without its resourceVersion, so that only content changes count.
@@ -567,11 +517,7 @@ fn trim_node(node: &mut Node) {
     meta.annotations = meta
         .annotations
         .take()
-        .map(|a| {
-            a.into_iter()
-                .filter(|(k, _)| k == INSTANCE_ID_ANNOTATION)
-                .collect::<BTreeMap<_, _>>()
-        })
+        .map(|a| a.into_iter().filter(|(k, _)| k == INSTANCE_ID_ANNOTATION).collect::<BTreeMap<_, _>>())
         .filter(|a| !a.is_empty());
     node.spec = node.spec.take().map(|s| NodeSpec {
         provider_id: s.provider_id,
@@ -599,11 +545,7 @@ fn trim_pod(pod: &mut Pod) {
         conditions: s.conditions.map(|c| {
             c.into_iter()
                 .filter(|c| c.type_ == "Ready")
-                .map(|c| PodCondition {
-                    type_: c.type_,
-                    status: c.status,
-                    ..Default::default()
-                })
+                .map(|c| PodCondition { type_: c.type_, status: c.status, ..Default::default() })
                 .collect()
         }),
         ..Default::default()

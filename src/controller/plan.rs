@@ -32,11 +32,8 @@ pub fn plan(
         .iter()
         .filter(|b| b.state == BackendState::Registered && !membership.desired.contains_key(&b.instance_id))
         .map(|b| {
-            let reason = membership
-                .leaving
-                .get(&b.instance_id)
-                .cloned()
-                .unwrap_or_else(|| match b.node.as_deref() {
+            let reason =
+                membership.leaving.get(&b.instance_id).cloned().unwrap_or_else(|| match b.node.as_deref() {
                     Some(node) if node_exists(node) && pod_targeted => LeaveReason::NoReadyPods,
                     Some(node) if node_exists(node) => LeaveReason::NotSelected,
                     _ => LeaveReason::NodeDeleted,
@@ -56,8 +53,7 @@ pub fn plan(
 /// Splits joining instances into those already on the load balancer (adopted without a Register call) and
 /// those to register.
 pub fn split_join(join: Vec<Tagged>, on_load_balancer: &BTreeSet<String>) -> (Vec<Tagged>, Vec<Tagged>) {
-    join.into_iter()
-        .partition(|(id, _)| on_load_balancer.contains(id))
+    join.into_iter().partition(|(id, _)| on_load_balancer.contains(id))
 }
 
 /// First delay after a failed task; it doubles with each consecutive failure.
@@ -68,19 +64,11 @@ pub const RETRY_MAX: Duration = Duration::from_secs(300);
 /// When `action` may be submitted again: after the newest run of consecutive failed tasks of that action, back
 /// off exponentially from the last failure. `None` means at once. Derived from the status, so a restart keeps it.
 pub fn retry_at(tasks: &[TaskRecord], action: TaskAction) -> Option<Timestamp> {
-    let mut finished = tasks
-        .iter()
-        .filter(|t| t.action == action && t.state != TaskState::Running);
+    let mut finished = tasks.iter().filter(|t| t.action == action && t.state != TaskState::Running);
     let newest = finished.next().filter(|t| t.state == TaskState::Failed)?;
     let failures = 1 + finished.take_while(|t| t.state == TaskState::Failed).count() as u32;
-    let delay = RETRY_INITIAL
-        .saturating_mul(1 << failures.saturating_sub(1).min(16))
-        .min(RETRY_MAX);
-    let since = newest
-        .completed_at
-        .as_ref()
-        .map(|t| t.0)
-        .unwrap_or(newest.submitted_at.0);
+    let delay = RETRY_INITIAL.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(RETRY_MAX);
+    let since = newest.completed_at.as_ref().map(|t| t.0).unwrap_or(newest.submitted_at.0);
     since.checked_add(delay).ok()
 }
 
@@ -101,10 +89,7 @@ mod tests {
 
     fn membership(desired: &[(&str, &str)], leaving: &[(&str, LeaveReason)]) -> Membership {
         Membership {
-            desired: desired
-                .iter()
-                .map(|(i, n)| (i.to_string(), n.to_string()))
-                .collect(),
+            desired: desired.iter().map(|(i, n)| (i.to_string(), n.to_string())).collect(),
             leaving: leaving.iter().map(|(i, r)| (i.to_string(), r.clone())).collect(),
             ..Default::default()
         }
@@ -152,19 +137,13 @@ mod tests {
     #[test]
     fn plan_is_empty_when_in_sync() {
         let backends = [backend("ins-a", "a", BackendState::Registered)];
-        assert_eq!(
-            plan(&backends, &membership(&[("ins-a", "a")], &[]), |_| true, false),
-            Plan::default()
-        );
+        assert_eq!(plan(&backends, &membership(&[("ins-a", "a")], &[]), |_| true, false), Plan::default());
     }
 
     /// Instances already on the load balancer are adopted rather than registered again.
     #[test]
     fn split_join_adopts_instances_already_on_the_load_balancer() {
-        let join = vec![
-            ("ins-a".to_string(), "a".to_string()),
-            ("ins-b".to_string(), "b".to_string()),
-        ];
+        let join = vec![("ins-a".to_string(), "a".to_string()), ("ins-b".to_string(), "b".to_string())];
         let (adopt, register) = split_join(join, &["ins-b".to_string()].into());
         assert_eq!(adopt, [("ins-b".to_string(), "b".to_string())]);
         assert_eq!(register, [("ins-a".to_string(), "a".to_string())]);
@@ -188,15 +167,9 @@ mod tests {
         use TaskState::*;
         assert_eq!(retry_at(&[], Deregister), None);
         let t = |s| Timestamp::from_second(s).unwrap();
-        assert_eq!(
-            retry_at(&[task(Deregister, Failed, 100)], Deregister),
-            Some(t(102))
-        );
-        let history = [
-            task(Deregister, Failed, 100),
-            task(Register, Succeeded, 90),
-            task(Deregister, Failed, 80),
-        ];
+        assert_eq!(retry_at(&[task(Deregister, Failed, 100)], Deregister), Some(t(102)));
+        let history =
+            [task(Deregister, Failed, 100), task(Register, Succeeded, 90), task(Deregister, Failed, 80)];
         assert_eq!(retry_at(&history, Deregister), Some(t(104)));
         assert_eq!(retry_at(&history, Register), None);
         let recovered = [task(Deregister, Succeeded, 100), task(Deregister, Failed, 80)];

@@ -25,10 +25,7 @@ pub struct PollSchedule {
 impl PollSchedule {
     /// An empty schedule following `backoff`.
     pub fn new(backoff: PollBackoff) -> Self {
-        Self {
-            backoff,
-            entries: Mutex::default(),
-        }
+        Self { backoff, entries: Mutex::default() }
     }
 
     /// Records a task just submitted: its first poll is one initial delay away.
@@ -38,12 +35,7 @@ impl PollSchedule {
 
     /// Records a poll that found the task still running: the next one backs off further.
     pub fn polled(&self, request_id: u64) {
-        let polls = self
-            .entries
-            .lock()
-            .ok()
-            .and_then(|e| e.get(&request_id).map(|e| e.polls))
-            .unwrap_or(0);
+        let polls = self.entries.lock().ok().and_then(|e| e.get(&request_id).map(|e| e.polls)).unwrap_or(0);
         self.set(request_id, polls + 1);
     }
 
@@ -71,10 +63,7 @@ impl PollSchedule {
         self.entries
             .lock()
             .ok()
-            .and_then(|e| {
-                e.get(&request_id)
-                    .map(|e| e.due.saturating_duration_since(Instant::now()))
-            })
+            .and_then(|e| e.get(&request_id).map(|e| e.due.saturating_duration_since(Instant::now())))
             .unwrap_or_default()
     }
 }

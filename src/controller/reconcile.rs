@@ -42,22 +42,14 @@ const CREDENTIALS_RETRY: Duration = Duration::from_secs(30);
 /// Reconciles one binding: the finalizer helper routes live bindings to [`Sync::apply`] and deleting ones to
 /// [`Sync::cleanup`].
 pub async fn reconcile(binding: Arc<ClbBackendBinding>, ctx: Arc<Context>) -> Result<Action> {
-    let ns = binding
-        .namespace()
-        .ok_or(Error::Malformed("binding without a namespace"))?;
+    let ns = binding.namespace().ok_or(Error::Malformed("binding without a namespace"))?;
     let api: Api<ClbBackendBinding> = Api::namespaced(ctx.client.clone(), &ns);
     let key = ObjectRef::from_obj(&*binding);
     let started = std::time::Instant::now();
     // The controller starts with its bindings listed, but the node and pod caches fill on their own streams;
     // acting on a partial list would deregister healthy instances.
-    ctx.nodes
-        .wait_until_ready()
-        .await
-        .map_err(|_| Error::CacheClosed("nodes"))?;
-    ctx.pods
-        .wait_until_ready()
-        .await
-        .map_err(|_| Error::CacheClosed("pods"))?;
+    ctx.nodes.wait_until_ready().await.map_err(|_| Error::CacheClosed("nodes"))?;
+    ctx.pods.wait_until_ready().await.map_err(|_| Error::CacheClosed("pods"))?;
     let result = finalizer(&api, FINALIZER, binding, |event| async {
         match event {
             Finalizer::Apply(b) => Sync::new(b, api.clone(), &ctx).apply().await,
@@ -70,11 +62,7 @@ pub async fn reconcile(binding: Arc<ClbBackendBinding>, ctx: Arc<Context>) -> Re
         ctx.failures_reset(&key);
     }
     // A deletion waiting for its tasks is not a failure.
-    let failure = result
-        .as_ref()
-        .err()
-        .filter(|e| e.retry_after().is_none())
-        .map(Error::kind);
+    let failure = result.as_ref().err().filter(|e| e.retry_after().is_none()).map(Error::kind);
     ctx.metrics.reconciled(started.elapsed(), failure);
     debug!(binding = %key, elapsed_ms = started.elapsed().as_millis() as u64, ok = result.is_ok(), "Reconciled");
     result
@@ -110,16 +98,7 @@ impl<'a> Sync<'a> {
     fn new(binding: Arc<ClbBackendBinding>, api: Api<ClbBackendBinding>, ctx: &'a Context) -> Self {
         let key = ObjectRef::from_obj(&*binding);
         let status = ctx.current_status(&binding);
-        Self {
-            ctx,
-            written: status.clone(),
-            status,
-            binding,
-            api,
-            key,
-            problem: None,
-            now: Timestamp::now(),
-        }
+        Self { ctx, written: status.clone(), status, binding, api, key, problem: None, now: Timestamp::now() }
     }
 
     fn namespace(&self) -> String {
@@ -131,11 +110,7 @@ impl<'a> Sync<'a> {
         let spec = &self.binding.spec;
         let nodes = self.ctx.nodes.state();
         let pod_targeted = spec.targets.pod_selector.is_some();
-        let pods = if pod_targeted {
-            self.ctx.pods.state()
-        } else {
-            Vec::new()
-        };
+        let pods = if pod_targeted { self.ctx.pods.state() } else { Vec::new() };
         let membership = match membership::compute(
             spec,
             &self.namespace(),
@@ -144,31 +119,20 @@ impl<'a> Sync<'a> {
         ) {
             Ok(m) => m,
             Err(e) => {
-                self.problem = Some(Problem {
-                    reason: reasons::INVALID_SPEC,
-                    message: e.to_string(),
-                });
+                self.problem = Some(Problem { reason: reasons::INVALID_SPEC, message: e.to_string() });
                 return self.finish(&BTreeSet::new(), false).await;
             }
         };
         let mut looked_at = membership.nodes.clone();
         looked_at.extend(self.status.backends.iter().filter_map(|b| b.node.clone()));
-        self.ctx
-            .index
-            .update(self.key.clone(), Interest::of(spec, &self.namespace(), looked_at));
+        self.ctx.index.update(self.key.clone(), Interest::of(spec, &self.namespace(), looked_at));
         for node in &membership.missing_instance_id {
             let note = format!(
                 "node {node} has no CVM instance ID (annotation clb.tke.dev/instance-id, label \
                  cloud.tencent.com/node-instance-id or providerID qcloud:///<zone>/<ins-id>); it is skipped"
             );
             self.ctx
-                .publish_once(
-                    &self.binding,
-                    EventType::Warning,
-                    "InstanceIdMissing",
-                    "Skip",
-                    &note,
-                )
+                .publish_once(&self.binding, EventType::Warning, "InstanceIdMissing", "Skip", &note)
                 .await;
         }
 
@@ -221,18 +185,9 @@ impl<'a> Sync<'a> {
     /// Releases a deleting binding: deregisters what it owns (policy Deregister), leaves it (Retain), or lets go
     /// at once when forced. Returns an error while it must wait, which keeps the finalizer.
     async fn cleanup(mut self) -> Result<Action> {
-        let owned: Vec<String> = self
-            .status
-            .backends
-            .iter()
-            .map(|b| b.instance_id.clone())
-            .collect();
+        let owned: Vec<String> = self.status.backends.iter().map(|b| b.instance_id.clone()).collect();
         let lb = self.binding.spec.load_balancer_id.clone();
-        let forced = self
-            .binding
-            .annotations()
-            .get(FORCE_FINALIZE_ANNOTATION)
-            .is_some_and(|v| v == "true");
+        let forced = self.binding.annotations().get(FORCE_FINALIZE_ANNOTATION).is_some_and(|v| v == "true");
         if forced {
             let note = if owned.is_empty() {
                 format!(
@@ -245,15 +200,7 @@ impl<'a> Sync<'a> {
                     owned.join(", ")
                 )
             };
-            self.ctx
-                .publish(
-                    &self.binding,
-                    EventType::Warning,
-                    "ForceFinalized",
-                    "Finalize",
-                    &note,
-                )
-                .await;
+            self.ctx.publish(&self.binding, EventType::Warning, "ForceFinalized", "Finalize", &note).await;
             return Ok(self.released());
         }
         if self.binding.spec.deletion_policy == DeletionPolicy::Retain || owned.is_empty() {
@@ -263,9 +210,7 @@ impl<'a> Sync<'a> {
                     owned.len(),
                     owned.join(", ")
                 );
-                self.ctx
-                    .publish(&self.binding, EventType::Normal, "Retained", "Finalize", &note)
-                    .await;
+                self.ctx.publish(&self.binding, EventType::Normal, "Retained", "Finalize", &note).await;
             }
             return Ok(self.released());
         }
@@ -278,10 +223,7 @@ impl<'a> Sync<'a> {
                 );
                 self.problem = Some(problem);
                 self.finish(&BTreeSet::new(), true).await?;
-                return Err(Error::DeletionPending {
-                    reason,
-                    retry_after: CREDENTIALS_RETRY,
-                });
+                return Err(Error::DeletionPending { reason, retry_after: CREDENTIALS_RETRY });
             }
         };
         self.poll_tasks(&clb).await;
@@ -390,9 +332,7 @@ impl<'a> Sync<'a> {
                 ),
             };
             info!(binding = %self.key, request_id, ?action, succeeded, instances = ids.len(), "CLB task finished");
-            self.ctx
-                .publish(&self.binding, type_, reason, &format!("{action:?}"), &note)
-                .await;
+            self.ctx.publish(&self.binding, type_, reason, &format!("{action:?}"), &note).await;
         }
     }
 
@@ -403,11 +343,8 @@ impl<'a> Sync<'a> {
         for outcome in clb.deregister(&lb, &ids).await {
             match outcome.result {
                 Ok(Submitted::Task { request_id }) => {
-                    let batch: Vec<(String, String)> = leaving
-                        .iter()
-                        .filter(|(i, _)| outcome.instance_ids.contains(i))
-                        .cloned()
-                        .collect();
+                    let batch: Vec<(String, String)> =
+                        leaving.iter().filter(|(i, _)| outcome.instance_ids.contains(i)).cloned().collect();
                     info!(binding = %self.key, request_id, instances = batch.len(), "Deregister submitted");
                     let signals = batch.iter().map(|(id, _)| self.signal_seen(id)).collect();
                     self.ctx.deregister_submitted(request_id, signals);
@@ -496,20 +433,13 @@ impl<'a> Sync<'a> {
 
     /// `Degraded` because of a failed task, while the failed action still has work to retry.
     fn failed_task_problem(&self) -> Option<Problem> {
-        let failed: &TaskRecord = self
-            .status
-            .tasks
-            .iter()
-            .find(|t| t.state != crate::api::TaskState::Running)?;
+        let failed: &TaskRecord =
+            self.status.tasks.iter().find(|t| t.state != crate::api::TaskState::Running)?;
         if failed.state != crate::api::TaskState::Failed {
             return None;
         }
         let retry_at = plan::retry_at(&self.status.tasks, failed.action)?;
-        let still_relevant = self
-            .status
-            .backends
-            .iter()
-            .any(|b| b.state != BackendState::Registered)
+        let still_relevant = self.status.backends.iter().any(|b| b.state != BackendState::Registered)
             || self.status.desired != self.status.registered
             || retry_at > self.now;
         still_relevant.then(|| Problem {
@@ -526,14 +456,7 @@ impl<'a> Sync<'a> {
     /// Refreshes counters and conditions, writes the status if it changed, and says when to look again.
     async fn finish(&mut self, desired: &BTreeSet<String>, pending: bool) -> Result<Action> {
         let generation = self.binding.meta().generation;
-        status::summarize(
-            &mut self.status,
-            generation,
-            desired,
-            pending,
-            self.problem.as_ref(),
-            self.now,
-        );
+        status::summarize(&mut self.status, generation, desired, pending, self.problem.as_ref(), self.now);
         if self.status != self.written {
             self.write_status().await?;
         }
@@ -548,9 +471,7 @@ impl<'a> Sync<'a> {
             tasks: i64::from(self.status.in_flight),
         };
         self.ctx.metrics.set_binding(self.key.to_string(), Some(counts));
-        Ok(Action::requeue(
-            self.next_delay(pending).unwrap_or(self.ctx.settings.resync),
-        ))
+        Ok(Action::requeue(self.next_delay(pending).unwrap_or(self.ctx.settings.resync)))
     }
 
     /// When to look again: the earliest due task poll, retry after back-off, or problem retry; `None` when
@@ -589,8 +510,7 @@ impl<'a> Sync<'a> {
             .patch_status(&self.binding.name_any(), &params, &Patch::Apply(&patch))
             .await
             .map_err(Error::kube("writing the binding's status"))?;
-        self.ctx
-            .remember_written(&self.key, updated.resource_version(), &self.status);
+        self.ctx.remember_written(&self.key, updated.resource_version(), &self.status);
         self.written = self.status.clone();
         Ok(())
     }
@@ -602,22 +522,13 @@ fn desired_ids(m: &membership::Membership) -> BTreeSet<String> {
 
 /// Reads `secretId`, `secretKey` and optional `token` from a credentials Secret; never echoes their values.
 fn credentials_from_secret(secret: Option<&Secret>, ns: &str, name: &str) -> Result<Credentials, Problem> {
-    let missing = |what: String| Problem {
-        reason: reasons::CREDENTIALS_NOT_FOUND,
-        message: what,
-    };
+    let missing = |what: String| Problem { reason: reasons::CREDENTIALS_NOT_FOUND, message: what };
     let secret = secret.ok_or_else(|| missing(format!("Secret {ns}/{name} not found")))?;
     let value = |key: &str| -> Option<String> {
-        let from_data = secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(key))
-            .and_then(|v| String::from_utf8(v.0.clone()).ok());
+        let from_data =
+            secret.data.as_ref().and_then(|d| d.get(key)).and_then(|v| String::from_utf8(v.0.clone()).ok());
         let from_string = || secret.string_data.as_ref().and_then(|d| d.get(key)).cloned();
-        from_data
-            .or_else(from_string)
-            .map(|v| v.trim().to_owned())
-            .filter(|v| !v.is_empty())
+        from_data.or_else(from_string).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
     };
     let id = value("secretId").ok_or_else(|| missing(format!("Secret {ns}/{name} has no key secretId")))?;
     let key =
@@ -633,10 +544,7 @@ fn problem_from(e: &ClbError) -> Problem {
         (_, "auth") => reasons::AUTH_FAILED,
         _ => reasons::CLB_API_ERROR,
     };
-    Problem {
-        reason,
-        message: e.to_string(),
-    }
+    Problem { reason, message: e.to_string() }
 }
 
 #[cfg(test)]
@@ -647,10 +555,7 @@ mod tests {
     fn secret(pairs: &[(&str, &str)]) -> Secret {
         Secret {
             data: Some(
-                pairs
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
-                    .collect(),
+                pairs.iter().map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec()))).collect(),
             ),
             ..Default::default()
         }

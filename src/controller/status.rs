@@ -24,13 +24,7 @@ pub fn deregister_submitted(
             b.reason = Some(reason.clone());
         }
     }
-    push_running(
-        status,
-        request_id,
-        TaskAction::Deregister,
-        instances.iter().map(|(i, _)| i.clone()),
-        now,
-    );
+    push_running(status, request_id, TaskAction::Deregister, instances.iter().map(|(i, _)| i.clone()), now);
 }
 
 /// Records a submitted Register task: its instances join `backends` as `Registering`.
@@ -49,13 +43,7 @@ pub fn register_submitted(
             reason: None,
         });
     }
-    push_running(
-        status,
-        request_id,
-        TaskAction::Register,
-        instances.iter().map(|(i, _)| i.clone()),
-        now,
-    );
+    push_running(status, request_id, TaskAction::Register, instances.iter().map(|(i, _)| i.clone()), now);
 }
 
 /// Records instances that are owned from now on without a Register call, because they already serve.
@@ -105,16 +93,10 @@ pub fn task_finished(
     succeeded: bool,
     now: Timestamp,
 ) -> Option<(TaskAction, Vec<String>)> {
-    let pos = status
-        .tasks
-        .iter()
-        .position(|t| t.request_id == request_id && t.state == TaskState::Running)?;
+    let pos =
+        status.tasks.iter().position(|t| t.request_id == request_id && t.state == TaskState::Running)?;
     let mut task = status.tasks.remove(pos);
-    task.state = if succeeded {
-        TaskState::Succeeded
-    } else {
-        TaskState::Failed
-    };
+    task.state = if succeeded { TaskState::Succeeded } else { TaskState::Failed };
     task.completed_at = Some(Time(now));
     let mine = |b: &BackendStatus| b.request_id == Some(request_id);
     match (task.action, succeeded) {
@@ -130,11 +112,7 @@ pub fn task_finished(
         }
     }
     let outcome = (task.action, task.instance_ids.clone());
-    let first_finished = status
-        .tasks
-        .iter()
-        .take_while(|t| t.state == TaskState::Running)
-        .count();
+    let first_finished = status.tasks.iter().take_while(|t| t.state == TaskState::Running).count();
     status.tasks.insert(first_finished, task);
     status.tasks.truncate(first_finished + TASK_HISTORY);
     Some(outcome)
@@ -142,12 +120,7 @@ pub fn task_finished(
 
 /// The running tasks' requestIds.
 pub fn running_tasks(status: &ClbBackendBindingStatus) -> Vec<u64> {
-    status
-        .tasks
-        .iter()
-        .filter(|t| t.state == TaskState::Running)
-        .map(|t| t.request_id)
-        .collect()
+    status.tasks.iter().filter(|t| t.state == TaskState::Running).map(|t| t.request_id).collect()
 }
 
 /// Something that keeps a binding from being in sync, shown as `Degraded=True`.
@@ -202,11 +175,7 @@ pub fn summarize(
         .filter(|b| b.state == BackendState::Registered)
         .map(|b| b.instance_id.as_str())
         .collect();
-    let in_flight = status
-        .tasks
-        .iter()
-        .filter(|t| t.state == TaskState::Running)
-        .count();
+    let in_flight = status.tasks.iter().filter(|t| t.state == TaskState::Running).count();
     status.desired = desired.len() as i32;
     status.registered = registered.len() as i32;
     status.in_flight = in_flight as i32;
@@ -218,11 +187,7 @@ pub fn summarize(
         && desired.iter().all(|d| registered.contains(d.as_str()));
     let (ready, ready_reason, ready_msg) = match (problem, in_sync) {
         (Some(p), _) => (false, p.reason, p.message.clone()),
-        (None, true) => (
-            true,
-            reasons::IN_SYNC,
-            format!("{} instance(s) registered", registered.len()),
-        ),
+        (None, true) => (true, reasons::IN_SYNC, format!("{} instance(s) registered", registered.len())),
         (None, false) => (false, reasons::SYNCING, format!("{in_flight} task(s) in flight")),
     };
     let progressing = if in_flight > 0 || pending {
@@ -234,20 +199,10 @@ pub fn summarize(
         Some(p) => (true, p.reason, p.message.clone()),
         None => (false, reasons::AS_EXPECTED, "no problem".to_owned()),
     };
-    for (type_, (value, reason, message)) in [
-        ("Ready", (ready, ready_reason, ready_msg)),
-        ("Progressing", progressing),
-        ("Degraded", degraded),
-    ] {
-        set_condition(
-            &mut status.conditions,
-            type_,
-            value,
-            reason,
-            message,
-            generation,
-            now,
-        );
+    for (type_, (value, reason, message)) in
+        [("Ready", (ready, ready_reason, ready_msg)), ("Progressing", progressing), ("Degraded", degraded)]
+    {
+        set_condition(&mut status.conditions, type_, value, reason, message, generation, now);
     }
 }
 
@@ -320,20 +275,13 @@ mod tests {
         assert_eq!(s.backends, [registered("ins-b")]);
         assert_eq!(s.tasks[0].state, TaskState::Succeeded);
         assert_eq!(s.tasks[0].completed_at, Some(Time(t(11))));
-        assert_eq!(
-            task_finished(&mut s, 7, true, t(12)),
-            None,
-            "a finished task is not finished twice"
-        );
+        assert_eq!(task_finished(&mut s, 7, true, t(12)), None, "a finished task is not finished twice");
     }
 
     /// A failed task leaves its instances in their previous state.
     #[test]
     fn failed_tasks_restore_previous_state() {
-        let mut s = ClbBackendBindingStatus {
-            backends: vec![registered("ins-a")],
-            ..Default::default()
-        };
+        let mut s = ClbBackendBindingStatus { backends: vec![registered("ins-a")], ..Default::default() };
         deregister_submitted(&mut s, 1, &[("ins-a".into(), "NotSelected".into())], t(1));
         register_submitted(&mut s, 2, &[("ins-b".into(), "node-b".into())], t(1));
         assert_eq!(running_tasks(&s), [2, 1]);
@@ -357,31 +305,19 @@ mod tests {
         assert_eq!(s.tasks[0].request_id, 14);
         assert_eq!(s.tasks[0].state, TaskState::Running);
         assert_eq!(s.tasks[1].request_id, 13);
-        assert_eq!(
-            s.backends
-                .iter()
-                .filter(|b| b.state == BackendState::Registered)
-                .count(),
-            14
-        );
+        assert_eq!(s.backends.iter().filter(|b| b.state == BackendState::Registered).count(), 14);
     }
 
     /// Ready needs every desired instance registered, nothing extra owned, nothing in flight and no problem.
     #[test]
     fn conditions_follow_the_sync_state_and_keep_transition_times() {
         let desired: BTreeSet<String> = ["ins-a".to_string()].into();
-        let mut s = ClbBackendBindingStatus {
-            backends: vec![registered("ins-a")],
-            ..Default::default()
-        };
+        let mut s = ClbBackendBindingStatus { backends: vec![registered("ins-a")], ..Default::default() };
         summarize(&mut s, Some(3), &desired, false, None, t(10));
         assert_eq!(condition(&s, "Ready").status, "True");
         assert_eq!(condition(&s, "Progressing").status, "False");
         assert_eq!(condition(&s, "Degraded").status, "False");
-        assert_eq!(
-            (s.desired, s.registered, s.in_flight, s.observed_generation),
-            (1, 1, 0, Some(3))
-        );
+        assert_eq!((s.desired, s.registered, s.in_flight, s.observed_generation), (1, 1, 0, Some(3)));
 
         summarize(&mut s, Some(3), &desired, false, None, t(20));
         assert_eq!(
@@ -396,10 +332,8 @@ mod tests {
         assert_eq!(condition(&s, "Progressing").status, "True");
         assert_eq!(condition(&s, "Ready").last_transition_time, Time(t(30)));
 
-        let p = Problem {
-            reason: reasons::CREDENTIALS_NOT_FOUND,
-            message: "Secret shop/creds not found".into(),
-        };
+        let p =
+            Problem { reason: reasons::CREDENTIALS_NOT_FOUND, message: "Secret shop/creds not found".into() };
         summarize(&mut s, Some(3), &BTreeSet::new(), false, Some(&p), t(40));
         assert_eq!(condition(&s, "Degraded").status, "True");
         assert_eq!(condition(&s, "Degraded").reason, "CredentialsNotFound");

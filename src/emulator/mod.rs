@@ -88,20 +88,11 @@ impl FromStr for SeedLoadBalancer {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (id, instances) = s.split_once('=').unwrap_or((s, ""));
         if id.trim().is_empty() {
-            return Err(format!(
-                "`{s}` names no load balancer; expected lb-x or lb-x=ins-a,ins-b"
-            ));
+            return Err(format!("`{s}` names no load balancer; expected lb-x or lb-x=ins-a,ins-b"));
         }
-        let instance_ids = instances
-            .split(',')
-            .map(str::trim)
-            .filter(|i| !i.is_empty())
-            .map(String::from)
-            .collect();
-        Ok(Self {
-            id: id.trim().to_owned(),
-            instance_ids,
-        })
+        let instance_ids =
+            instances.split(',').map(str::trim).filter(|i| !i.is_empty()).map(String::from).collect();
+        Ok(Self { id: id.trim().to_owned(), instance_ids })
     }
 }
 
@@ -135,10 +126,7 @@ impl Default for Faults {
 impl Faults {
     /// Checks that both rates are within 0..=1.
     pub fn validate(&self) -> Result<(), String> {
-        for (name, rate) in [
-            ("taskFailRate", self.task_fail_rate),
-            ("errorRate", self.error_rate),
-        ] {
+        for (name, rate) in [("taskFailRate", self.task_fail_rate), ("errorRate", self.error_rate)] {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(format!("{name} must be within 0..=1, got {rate}"));
             }
@@ -182,18 +170,12 @@ fn serialize_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Err
 
 fn deserialize_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let text = String::deserialize(d)?;
-    humantime::parse_duration(&text)
-        .map(Some)
-        .map_err(serde::de::Error::custom)
+    humantime::parse_duration(&text).map(Some).map_err(serde::de::Error::custom)
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
     let rate: f64 = s.parse().map_err(|e| format!("{e}"))?;
-    if (0.0..=1.0).contains(&rate) {
-        Ok(rate)
-    } else {
-        Err(format!("{rate} is not within 0..=1"))
-    }
+    if (0.0..=1.0).contains(&rate) { Ok(rate) } else { Err(format!("{rate} is not within 0..=1")) }
 }
 
 /// Everything an emulator starts with.
@@ -220,11 +202,7 @@ pub struct EmulatorConfig {
 impl Default for EmulatorConfig {
     fn default() -> Self {
         let random = |len: usize| -> String {
-            rand::rng()
-                .sample_iter(Alphanumeric)
-                .take(len)
-                .map(char::from)
-                .collect()
+            rand::rng().sample_iter(Alphanumeric).take(len).map(char::from).collect()
         };
         Self {
             credentials: Credentials::new(format!("AKID{}", random(32)), random(32), None),
@@ -281,9 +259,7 @@ pub struct EmulatorHandle {
 
 impl std::fmt::Debug for Emulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Emulator")
-            .field("credentials", self.credentials())
-            .finish_non_exhaustive()
+        f.debug_struct("Emulator").field("credentials", self.credentials()).finish_non_exhaustive()
     }
 }
 
@@ -342,28 +318,21 @@ impl Drop for EmulatorHandle {
 pub async fn spawn(config: EmulatorConfig, listener: TcpListener) -> Result<EmulatorHandle, EmulatorError> {
     config.faults.validate().map_err(EmulatorError::Invalid)?;
     if config.max_batch == 0 || config.timestamp_window.is_zero() {
-        return Err(EmulatorError::Invalid(
-            "max_batch and timestamp_window must be positive".into(),
-        ));
+        return Err(EmulatorError::Invalid("max_batch and timestamp_window must be positive".into()));
     }
     if config.credentials.secret_id().is_empty() || config.credentials.secret_key().is_empty() {
         return Err(EmulatorError::MissingCredentials);
     }
-    let addr = listener.local_addr().map_err(|error| EmulatorError::Listen {
-        addr: "listener".into(),
-        error,
-    })?;
+    let addr =
+        listener.local_addr().map_err(|error| EmulatorError::Listen { addr: "listener".into(), error })?;
     let endpoint = Url::parse(&format!("http://{addr}{API_PATH}"))
         .map_err(|e| EmulatorError::Invalid(format!("no URL for {addr}: {e}")))?;
     let restored = match &config.state_file {
         Some(path) => load_state(path).await?,
         None => None,
     };
-    let seeds: Vec<(String, Vec<String>)> = config
-        .load_balancers
-        .iter()
-        .map(|lb| (lb.id.clone(), lb.instance_ids.clone()))
-        .collect();
+    let seeds: Vec<(String, Vec<String>)> =
+        config.load_balancers.iter().map(|lb| (lb.id.clone(), lb.instance_ids.clone())).collect();
     let emulator = Arc::new(Emulator::new(&config, state::Store::new(restored, &seeds)));
     let (shutdown, stopped) = watch::channel(false);
 
@@ -384,13 +353,7 @@ pub async fn spawn(config: EmulatorConfig, listener: TcpListener) -> Result<Emul
         emulator.changed.notify_one();
         tasks.push(tokio::spawn(persist(Arc::clone(&emulator), path, stopped)));
     }
-    Ok(EmulatorHandle {
-        addr,
-        endpoint,
-        emulator,
-        shutdown,
-        tasks,
-    })
+    Ok(EmulatorHandle { addr, endpoint, emulator, shutdown, tasks })
 }
 
 /// Ends tasks when they are due: sleeps until the next due time, or until a task is added.
@@ -441,14 +404,9 @@ async fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 
 /// The saved state, or `None` if the file does not exist yet.
 async fn load_state(path: &Path) -> Result<Option<StateView>, EmulatorError> {
-    let failed = |error: String| EmulatorError::StateFile {
-        path: path.to_owned(),
-        error,
-    };
+    let failed = |error: String| EmulatorError::StateFile { path: path.to_owned(), error };
     match tokio::fs::read(path).await {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| failed(e.to_string())),
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| failed(e.to_string())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(failed(e.to_string())),
     }
@@ -486,10 +444,7 @@ async fn serve_until_signal(args: EmulatorArgs) -> Result<(), EmulatorError> {
     };
     let listener = TcpListener::bind(args.listen)
         .await
-        .map_err(|error| EmulatorError::Listen {
-            addr: args.listen.to_string(),
-            error,
-        })?;
+        .map_err(|error| EmulatorError::Listen { addr: args.listen.to_string(), error })?;
     let handle = spawn(config, listener).await?;
     info!(endpoint = %handle.endpoint(), "CLB emulator listening");
     println!("{}", handle.endpoint());

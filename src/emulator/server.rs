@@ -64,10 +64,7 @@ struct Reject {
 }
 
 fn reject(code: i64, message: impl Into<String>) -> Reject {
-    Reject {
-        code,
-        message: message.into(),
-    }
+    Reject { code, message: message.into() }
 }
 
 /// The `codeDesc` the real API sends with each code.
@@ -120,10 +117,7 @@ struct ApiRequest<'a> {
 
 impl ApiRequest<'_> {
     fn get(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.params.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
     fn require(&self, name: &str) -> Result<&str, Reject> {
@@ -215,8 +209,7 @@ impl Emulator {
                 call.load_balancer_id = req.get("loadBalancerId").map(str::to_owned);
                 call.instance_ids = req.indexed("backends", Some("instanceId"));
                 call.request_id = req.get("requestId").and_then(|r| r.trim().parse().ok());
-                self.authenticate(&req, at_ms)
-                    .and_then(|action| self.execute(action, &req))
+                self.authenticate(&req, at_ms).and_then(|action| self.execute(action, &req))
             }
             Err((action, rejected)) => {
                 call.action = action;
@@ -255,10 +248,8 @@ impl Emulator {
         ) {
             return Err(reject(4100, "authentication failed: signature mismatch"));
         }
-        let timestamp: i64 = req
-            .require("Timestamp")?
-            .parse()
-            .map_err(|_| reject(4000, "Timestamp must be an integer"))?;
+        let timestamp: i64 =
+            req.require("Timestamp")?.parse().map_err(|_| reject(4000, "Timestamp must be an integer"))?;
         let now = i64::try_from(at_ms / 1000).unwrap_or(i64::MAX);
         if timestamp.abs_diff(now) > self.timestamp_window_secs.unsigned_abs() {
             return Err(reject(4500, "Timestamp is too far from server time"));
@@ -273,9 +264,7 @@ impl Emulator {
             return Err(reject(4500, "Nonce was already used (replay attack)"));
         }
         let action = req.require("Action")?;
-        action
-            .parse()
-            .map_err(|_| reject(6100, format!("action {action} is not supported")))
+        action.parse().map_err(|_| reject(6100, format!("action {action} is not supported")))
     }
 
     /// Admission (`--qps`, `--error-rate`), then the action itself.
@@ -308,10 +297,8 @@ impl Emulator {
         let offset = number(req, "offset", 0)?;
         let limit = number(req, "limit", DEFAULT_LIMIT)?.clamp(1, MAX_LIMIT);
         let store = lock(&self.store);
-        let matching: Vec<&String> = store
-            .lb_ids()
-            .filter(|id| wanted.is_empty() || wanted.contains(id))
-            .collect();
+        let matching: Vec<&String> =
+            store.lb_ids().filter(|id| wanted.is_empty() || wanted.contains(id)).collect();
         let page: Vec<Value> = matching
             .iter()
             .skip(offset)
@@ -352,11 +339,7 @@ impl Emulator {
         if backends.len() > self.max_batch {
             return Err(reject(
                 4000,
-                format!(
-                    "at most {} backends per call, got {}",
-                    self.max_batch,
-                    backends.len()
-                ),
+                format!("at most {} backends per call, got {}", self.max_batch, backends.len()),
             ));
         }
         let now = now_ms();
@@ -402,10 +385,9 @@ fn unknown_lb(lb: &str) -> Reject {
 fn number(req: &ApiRequest<'_>, name: &str, default: usize) -> Result<usize, Reject> {
     match req.get(name) {
         None | Some("") => Ok(default),
-        Some(v) => v
-            .trim()
-            .parse()
-            .map_err(|_| reject(4000, format!("{name} must be a non-negative integer"))),
+        Some(v) => {
+            v.trim().parse().map_err(|_| reject(4000, format!("{name} must be a non-negative integer")))
+        }
     }
 }
 
@@ -420,21 +402,14 @@ fn backends(req: &ApiRequest<'_>, with_weight: bool) -> Result<Vec<(String, Opti
         };
         let bad = || reject(4000, format!("unknown parameter {name}"));
         let (index, field) = rest.split_once('.').ok_or_else(bad)?;
-        let index: usize = index
-            .parse()
-            .ok()
-            .filter(|i: &usize| i.to_string() == index)
-            .ok_or_else(bad)?;
+        let index: usize = index.parse().ok().filter(|i: &usize| i.to_string() == index).ok_or_else(bad)?;
         match field {
             "instanceId" if !value.is_empty() => {
                 ids.insert(index, value.clone());
             }
             "weight" if with_weight => {
                 let weight = value.parse().ok().filter(|w| *w <= 100);
-                weights.insert(
-                    index,
-                    weight.ok_or_else(|| reject(4000, format!("{name} must be 0..100")))?,
-                );
+                weights.insert(index, weight.ok_or_else(|| reject(4000, format!("{name} must be 0..100")))?);
             }
             _ => return Err(bad()),
         }
@@ -442,10 +417,7 @@ fn backends(req: &ApiRequest<'_>, with_weight: bool) -> Result<Vec<(String, Opti
     if !ids.keys().copied().eq(0..ids.len()) || weights.keys().any(|i| !ids.contains_key(i)) {
         return Err(reject(4000, "backends must be numbered 0..N-1 without gaps"));
     }
-    Ok(ids
-        .into_iter()
-        .map(|(i, id)| (id, weights.get(&i).copied()))
-        .collect())
+    Ok(ids.into_iter().map(|(i, id)| (id, weights.get(&i).copied())).collect())
 }
 
 /// The HTTP routes: the control endpoints, and the API on every other path.
@@ -494,24 +466,14 @@ fn decode_request<'a>(
         Method::POST => body,
         _ => return Err((String::new(), reject(4000, "only GET and POST are supported"))),
     };
-    let params: Vec<(String, String)> = form_urlencoded::parse(raw)
-        .map(|(n, v)| (n.into_owned(), v.into_owned()))
-        .collect();
+    let params: Vec<(String, String)> =
+        form_urlencoded::parse(raw).map(|(n, v)| (n.into_owned(), v.into_owned())).collect();
     let mut names = std::collections::HashSet::with_capacity(params.len());
     if let Some((name, _)) = params.iter().find(|(name, _)| !names.insert(name.as_str())) {
-        let action = params
-            .iter()
-            .find(|(n, _)| n == "Action")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default();
+        let action = params.iter().find(|(n, _)| n == "Action").map(|(_, v)| v.clone()).unwrap_or_default();
         return Err((action, reject(4000, format!("parameter {name} is given twice"))));
     }
-    Ok(ApiRequest {
-        method: method.as_str(),
-        host,
-        path,
-        params,
-    })
+    Ok(ApiRequest { method: method.as_str(), host, path, params })
 }
 
 async fn get_state(State(emulator): State<Arc<Emulator>>) -> Json<crate::emulator::StateView> {

@@ -134,15 +134,7 @@ impl Store {
         let mut lbs: BTreeMap<String, BTreeMap<String, u32>> = restored
             .load_balancers
             .into_iter()
-            .map(|(id, lb)| {
-                (
-                    id,
-                    lb.backends
-                        .into_iter()
-                        .map(|b| (b.instance_id, b.weight))
-                        .collect(),
-                )
-            })
+            .map(|(id, lb)| (id, lb.backends.into_iter().map(|b| (b.instance_id, b.weight)).collect()))
             .collect();
         for (id, instances) in seeds {
             lbs.entry(id.clone())
@@ -150,10 +142,8 @@ impl Store {
         }
         let tasks: BTreeMap<u64, TaskRecord> =
             restored.tasks.into_iter().map(|t| (t.request_id, t)).collect();
-        let running = tasks
-            .values()
-            .filter(|t| t.status == TaskState::Running)
-            .map(|t| (t.due_at_ms, t.request_id));
+        let running =
+            tasks.values().filter(|t| t.status == TaskState::Running).map(|t| (t.due_at_ms, t.request_id));
         Self {
             running: running.collect(),
             next_request_id: tasks.keys().next_back().map_or(FIRST_REQUEST_ID, |last| last + 1),
@@ -182,11 +172,7 @@ impl Store {
                 })
                 .collect(),
             tasks: self.tasks.values().cloned().collect(),
-            calls: if with_calls {
-                self.calls.iter().cloned().collect()
-            } else {
-                Vec::new()
-            },
+            calls: if with_calls { self.calls.iter().cloned().collect() } else { Vec::new() },
             calls_dropped: if with_calls { self.calls_dropped } else { 0 },
         }
     }
@@ -218,10 +204,9 @@ impl Store {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
         let weights = match action {
-            Action::RegisterInstancesWithLoadBalancer => backends
-                .iter()
-                .map(|(_, w)| w.unwrap_or(DEFAULT_WEIGHT))
-                .collect(),
+            Action::RegisterInstancesWithLoadBalancer => {
+                backends.iter().map(|(_, w)| w.unwrap_or(DEFAULT_WEIGHT)).collect()
+            }
             _ => Vec::new(),
         };
         let record = TaskRecord {
@@ -318,11 +303,7 @@ mod tests {
         assert_eq!(store.finish_due(50, || false), (0, Some(100)));
         assert_eq!(store.finish_due(150, || false), (1, Some(200)));
         let view = store.view(false);
-        let weights: Vec<_> = view.load_balancers["lb-1"]
-            .backends
-            .iter()
-            .map(|b| b.weight)
-            .collect();
+        let weights: Vec<_> = view.load_balancers["lb-1"].backends.iter().map(|b| b.weight).collect();
         assert_eq!(weights, [0, 10, 50]);
         assert_eq!(store.finish_due(250, || true), (1, None));
         let view = store.view(false);
@@ -358,9 +339,6 @@ mod tests {
         assert!(again.backends("lb-2").is_some());
         assert_eq!(again.finish_due(100, || false), (1, None));
         assert_eq!(again.task(id).map(|t| t.status), Some(TaskState::Succeeded));
-        assert_eq!(
-            again.submit(Action::DeregisterInstancesFromLoadBalancer, "lb-2", vec![], 0, 0),
-            id + 1
-        );
+        assert_eq!(again.submit(Action::DeregisterInstancesFromLoadBalancer, "lb-2", vec![], 0, 0), id + 1);
     }
 }

@@ -60,9 +60,8 @@ pub fn plane() -> &'static Plane {
 }
 
 fn start_plane() -> Result<Plane, String> {
-    let dir = std::env::var_os("TESTENV_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".testenv/run"));
+    let dir =
+        std::env::var_os("TESTENV_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join(".testenv/run"));
     let out = Command::new("bash")
         .arg(repo().join("tests/testenv/testenv.sh"))
         .args(["up", "--with-kwok"])
@@ -76,10 +75,7 @@ fn start_plane() -> Result<Plane, String> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    Ok(Plane {
-        kubeconfig: dir.join("kubeconfig"),
-        logs: dir.join("logs"),
-    })
+    Ok(Plane { kubeconfig: dir.join("kubeconfig"), logs: dir.join("logs") })
 }
 
 /// Applies every CRD in `crds/` and waits until each is established. Runs on its own runtime because each
@@ -87,10 +83,8 @@ fn start_plane() -> Result<Plane, String> {
 fn install_crds(plane: &Plane) -> Result<(), String> {
     let kubeconfig = plane.kubeconfig.clone();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
+        let rt =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
         rt.block_on(async move {
             let client = client_for(&kubeconfig).await;
             let crds: Api<CustomResourceDefinition> = Api::all(client);
@@ -105,13 +99,9 @@ fn install_crds(plane: &Plane) -> Result<(), String> {
                 let crd: CustomResourceDefinition =
                     serde_saphyr::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
                 let name = crd.metadata.name.clone().unwrap_or_default();
-                crds.patch(
-                    &name,
-                    &PatchParams::apply("clb-operator-tests").force(),
-                    &Patch::Apply(&crd),
-                )
-                .await
-                .map_err(|e| format!("applying {}: {e}", path.display()))?;
+                crds.patch(&name, &PatchParams::apply("clb-operator-tests").force(), &Patch::Apply(&crd))
+                    .await
+                    .map_err(|e| format!("applying {}: {e}", path.display()))?;
                 tokio::time::timeout(
                     Duration::from_secs(30),
                     await_condition(crds.clone(), &name, conditions::is_crd_established()),
@@ -152,21 +142,13 @@ impl TestNs {
         let plane = plane().clone();
         let client = client_for(&plane.kubeconfig).await;
         let suffix: u32 = rand::random::<u32>() % 1_000_000;
-        let ns = format!("{}-{suffix}", test.replace('_', "-"))
-            .chars()
-            .take(63)
-            .collect::<String>();
+        let ns = format!("{}-{suffix}", test.replace('_', "-")).chars().take(63).collect::<String>();
         let api: Api<Namespace> = Api::all(client.clone());
         let obj = Namespace {
-            metadata: kube::api::ObjectMeta {
-                name: Some(ns.clone()),
-                ..Default::default()
-            },
+            metadata: kube::api::ObjectMeta { name: Some(ns.clone()), ..Default::default() },
             ..Default::default()
         };
-        api.create(&PostParams::default(), &obj)
-            .await
-            .expect("create test namespace");
+        api.create(&PostParams::default(), &obj).await.expect("create test namespace");
         Self { client, ns, plane }
     }
 
@@ -182,32 +164,18 @@ impl TestNs {
     /// Creates the CLB credentials Secret `name` in the test namespace.
     pub async fn credentials_secret(&self, name: &str, id: &str, key: &str) {
         let secret = Secret {
-            metadata: kube::api::ObjectMeta {
-                name: Some(name.into()),
-                ..Default::default()
-            },
+            metadata: kube::api::ObjectMeta { name: Some(name.into()), ..Default::default() },
             string_data: Some(
-                [
-                    ("secretId".to_string(), id.to_string()),
-                    ("secretKey".to_string(), key.to_string()),
-                ]
-                .into(),
+                [("secretId".to_string(), id.to_string()), ("secretKey".to_string(), key.to_string())].into(),
             ),
             ..Default::default()
         };
-        self.api::<Secret>()
-            .create(&PostParams::default(), &secret)
-            .await
-            .expect("create Secret");
+        self.api::<Secret>().create(&PostParams::default(), &secret).await.expect("create Secret");
     }
 
     /// Where to look when a test fails.
     pub fn logs_hint(&self) -> String {
-        format!(
-            "control-plane logs: {}; namespace: {}",
-            self.plane.logs.display(),
-            self.ns
-        )
+        format!("control-plane logs: {}; namespace: {}", self.plane.logs.display(), self.ns)
     }
 }
 
@@ -248,10 +216,7 @@ pub fn try_kubectl(args: &[&str]) -> Result<String, String> {
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(format!(
-            "kubectl {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ))
+        Err(format!("kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr)))
     }
 }
 

@@ -22,10 +22,7 @@ pub const WAIT: Duration = Duration::from_secs(30);
 pub async fn emulator(seeded: &[&str], task_duration: Duration) -> EmulatorHandle {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let config = EmulatorConfig {
-        faults: Faults {
-            task_duration,
-            ..Faults::default()
-        },
+        faults: Faults { task_duration, ..Faults::default() },
         load_balancers: vec![SeedLoadBalancer {
             id: LB.into(),
             instance_ids: seeded.iter().map(|s| s.to_string()).collect(),
@@ -120,26 +117,15 @@ pub async fn binding(
         "metadata": {"name": name}, "spec": spec,
     }))
     .unwrap();
-    t.api::<ClbBackendBinding>()
-        .create(&PostParams::default(), &b)
-        .await
-        .unwrap()
+    t.api::<ClbBackendBinding>().create(&PostParams::default(), &b).await.unwrap()
 }
 
 pub async fn status(t: &TestNs, name: &str) -> ClbBackendBindingStatus {
-    t.api::<ClbBackendBinding>()
-        .get(name)
-        .await
-        .unwrap()
-        .status
-        .unwrap_or_default()
+    t.api::<ClbBackendBinding>().get(name).await.unwrap().status.unwrap_or_default()
 }
 
 pub fn condition(s: &ClbBackendBindingStatus, type_: &str) -> Option<(String, String)> {
-    s.conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone()))
+    s.conditions.iter().find(|c| c.type_ == type_).map(|c| (c.status.clone(), c.reason.clone()))
 }
 
 pub fn is_ready(s: &ClbBackendBindingStatus) -> bool {
@@ -147,23 +133,15 @@ pub fn is_ready(s: &ClbBackendBindingStatus) -> bool {
 }
 
 pub fn registered(s: &ClbBackendBindingStatus) -> BTreeSet<String> {
-    s.backends
-        .iter()
-        .filter(|b| b.state == BackendState::Registered)
-        .map(|b| b.instance_id.clone())
-        .collect()
+    s.backends.iter().filter(|b| b.state == BackendState::Registered).map(|b| b.instance_id.clone()).collect()
 }
 
 /// Waits until the binding is Ready with exactly `ids` registered.
 pub async fn wait_ready_with(t: &TestNs, name: &str, ids: &BTreeSet<String>) -> ClbBackendBindingStatus {
-    eventually(
-        WAIT,
-        &format!("{name} Ready with {ids:?} ({})", t.logs_hint()),
-        || async {
-            let s = status(t, name).await;
-            (is_ready(&s) && &registered(&s) == ids && s.backends.len() == ids.len()).then_some(s)
-        },
-    )
+    eventually(WAIT, &format!("{name} Ready with {ids:?} ({})", t.logs_hint()), || async {
+        let s = status(t, name).await;
+        (is_ready(&s) && &registered(&s) == ids && s.backends.len() == ids.len()).then_some(s)
+    })
     .await
 }
 
@@ -183,7 +161,6 @@ pub async fn setup(test: &str) -> (TestNs, EmulatorHandle) {
     let t = TestNs::new(test).await;
     let emu = emulator(&[], Duration::from_millis(300)).await;
     let c = emu.credentials();
-    t.credentials_secret("clb-credentials", c.secret_id(), c.secret_key())
-        .await;
+    t.credentials_secret("clb-credentials", c.secret_id(), c.secret_key()).await;
     (t, emu)
 }
