@@ -497,7 +497,7 @@ fn common_rights<'a>(
     other: &'a [&'a str],
 ) -> Vec<(&'static str, Vec<&'a str>, &'static [&'static str])> {
     vec![
-        ("nodes", vec![], &["get", "list", "watch"]),
+        ("nodes", vec![], &["get", "list", "watch", "patch"]),
         ("pods", ALL_NS.to_vec(), &["get", "list", "watch"]),
         ("clbbackendbindings.clb.tke.dev", ALL_NS.to_vec(), &["get", "list", "watch", "patch", "update"]),
         (

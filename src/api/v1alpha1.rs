@@ -26,12 +26,7 @@ use serde::{Deserialize, Serialize};
         json_path = ".spec.loadBalancerId",
         description = "Load balancer ID"
     ),
-    printcolumn(
-        name = "Region",
-        type_ = "string",
-        json_path = ".spec.region",
-        description = "CLB region"
-    ),
+    printcolumn(name = "Region", type_ = "string", json_path = ".spec.region", description = "CLB region"),
     printcolumn(
         name = "Desired",
         type_ = "integer",
@@ -145,6 +140,11 @@ pub struct DrainPolicy {
     /// often maintenance, and treating it as removal has caused outages elsewhere.
     #[serde(default)]
     pub on_cordon: bool,
+
+    /// If set, a node whose Ready condition has not been True for this long (e.g. "5m") counts as going away.
+    /// Unset by default: a node that stops reporting often comes back, and its pods may still serve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_not_ready_after: Option<kube::core::Duration>,
 }
 
 impl Default for DrainPolicy {
@@ -153,15 +153,13 @@ impl Default for DrainPolicy {
             taints: default_drain_taints(),
             honor_exclusion_label: true,
             on_cordon: false,
+            on_not_ready_after: None,
         }
     }
 }
 
 fn default_drain_taints() -> Vec<String> {
-    vec![
-        super::CLUSTER_AUTOSCALER_TAINT.to_owned(),
-        super::KARPENTER_DISRUPTED_TAINT.to_owned(),
-    ]
+    vec![super::CLUSTER_AUTOSCALER_TAINT.to_owned(), super::KARPENTER_DISRUPTED_TAINT.to_owned()]
 }
 
 fn default_true() -> bool {

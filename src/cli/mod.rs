@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+pub mod wait_drained;
+
 /// Kubernetes operator for Tencent Cloud CLB backends.
 #[derive(Debug, Parser)]
 #[command(name = "clb-operator", version, about)]
@@ -32,6 +34,8 @@ pub enum Command {
     Run(crate::controller::RunArgs),
     /// Print the CustomResourceDefinition YAML (what `crds/` holds).
     Crd,
+    /// Wait until no ClbBackendBinding owns the node's CVM (for drain scripts and lifecycle hooks).
+    WaitDrained(wait_drained::WaitDrainedArgs),
     /// Run a local CLB API v2 endpoint with signature checks, async tasks and fault injection.
     Emulator(crate::emulator::EmulatorArgs),
     /// Talk to a CLB API v2 endpoint directly.
@@ -63,6 +67,10 @@ pub async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::WaitDrained(args) => {
+            crate::telemetry::init(json, "warn");
+            wait_drained::run(args).await
+        }
         Command::Emulator(args) => {
             crate::telemetry::init(json, "info");
             crate::emulator::run(args).await

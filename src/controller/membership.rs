@@ -1,6 +1,11 @@
 //! Pure membership rules: which CVM instances a binding wants serving now, and why the others must leave.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
+
+use jiff::Timestamp;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{
@@ -25,6 +30,8 @@ pub enum LeaveReason {
     ExclusionLabel,
     /// The node is cordoned and the binding opted in to `drain.onCordon`.
     Cordoned,
+    /// The node has not been Ready for longer than `drain.onNotReadyAfter`.
+    NotReady,
     /// The node no longer matches the binding's node selector.
     NotSelected,
     /// The node no longer runs a Ready, non-terminating pod matching the binding's pod selector.
@@ -39,6 +46,7 @@ impl std::fmt::Display for LeaveReason {
             Self::Taint(key) => write!(f, "Taint/{key}"),
             Self::ExclusionLabel => f.write_str("ExclusionLabel"),
             Self::Cordoned => f.write_str("Cordoned"),
+            Self::NotReady => f.write_str("NotReady"),
             Self::NotSelected => f.write_str("NotSelected"),
             Self::NoReadyPods => f.write_str("NoReadyPods"),
         }
@@ -56,6 +64,8 @@ pub struct Membership {
     pub missing_instance_id: Vec<String>,
     /// Every node the binding looked at (selected, or hosting a selected pod), for the event index.
     pub nodes: BTreeSet<String>,
+    /// When to look again because a NotReady node will reach `drain.onNotReadyAfter` (no event marks it).
+    pub recheck_after: Option<std::time::Duration>,
 }
 
 /// A binding's selector could not be turned into a label query.
@@ -77,13 +87,9 @@ pub fn instance_id(node: &Node) -> Option<String> {
         .get(INSTANCE_ID_ANNOTATION)
         .or_else(|| node.labels().get(TKE_INSTANCE_ID_LABEL))
         .map(|s| s.trim().to_owned());
-    from_meta.filter(|id| is_instance_id(id)).or_else(|| {
-        node.spec
-            .as_ref()?
-            .provider_id
-            .as_deref()
-            .and_then(instance_id_from_provider_id)
-    })
+    from_meta
+        .filter(|id| is_instance_id(id))
+        .or_else(|| node.spec.as_ref()?.provider_id.as_deref().and_then(instance_id_from_provider_id))
 }
 
 /// Parses `qcloud:///<zone>/<ins-id>` as TKE writes it; other schemes (e.g. `tencentcloud://kn-...` for
@@ -100,28 +106,45 @@ fn is_instance_id(id: &str) -> bool {
     })
 }
 
-/// The first drain signal of `policy` that applies to `node`, if any.
-pub fn drain_signal(node: &Node, policy: &DrainPolicy) -> Option<LeaveReason> {
+/// The first drain signal of `policy` that applies to `node` at `now`, if any; with `Err(wait)`, none applies
+/// yet but the node's NotReady time reaches `drain.onNotReadyAfter` in `wait`.
+pub fn drain_signal(
+    node: &Node,
+    policy: &DrainPolicy,
+    now: Timestamp,
+) -> Result<Option<LeaveReason>, Duration> {
     if node.metadata.deletion_timestamp.is_some() {
-        return Some(LeaveReason::NodeTerminating);
+        return Ok(Some(LeaveReason::NodeTerminating));
     }
     let spec = node.spec.as_ref();
-    if let Some(taint) = spec
-        .and_then(|s| s.taints.as_ref())
-        .into_iter()
-        .flatten()
-        .find(|t| policy.taints.contains(&t.key))
+    if let Some(taint) =
+        spec.and_then(|s| s.taints.as_ref()).into_iter().flatten().find(|t| policy.taints.contains(&t.key))
     {
-        return Some(LeaveReason::Taint(taint.key.clone()));
+        return Ok(Some(LeaveReason::Taint(taint.key.clone())));
     }
     // The label's presence counts whatever its value, as in the upstream service controller.
     if policy.honor_exclusion_label && node.labels().contains_key(EXCLUSION_LABEL) {
-        return Some(LeaveReason::ExclusionLabel);
+        return Ok(Some(LeaveReason::ExclusionLabel));
     }
     if policy.on_cordon && spec.and_then(|s| s.unschedulable).unwrap_or(false) {
-        return Some(LeaveReason::Cordoned);
+        return Ok(Some(LeaveReason::Cordoned));
     }
-    None
+    if let Some(limit) = policy.on_not_ready_after {
+        let limit = Duration::from(limit);
+        if let Some(since) = not_ready_since(node) {
+            let down = Duration::try_from(now.duration_since(since)).unwrap_or_default();
+            return if down >= limit { Ok(Some(LeaveReason::NotReady)) } else { Err(limit - down) };
+        }
+    }
+    Ok(None)
+}
+
+/// When the node's Ready condition last left True, if it is not True now. A node that never reported a Ready
+/// condition (e.g. still registering) is not considered NotReady.
+fn not_ready_since(node: &Node) -> Option<Timestamp> {
+    let ready = node.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready")?;
+    (ready.status != "True")
+        .then(|| ready.last_transition_time.as_ref().map(|t| t.0).unwrap_or(Timestamp::UNIX_EPOCH))
 }
 
 /// Whether a pod counts for a pod-targeted binding: scheduled, Ready, and not terminating.
@@ -135,11 +158,7 @@ pub fn pod_serves(pod: &Pod) -> bool {
     if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
         return false;
     }
-    status
-        .conditions
-        .iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True")
+    status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
 /// Applies the membership rules of `spec` (a binding in `namespace`) to the cluster's nodes and pods.
@@ -149,16 +168,13 @@ pub fn compute<'a>(
     namespace: &str,
     nodes: impl IntoIterator<Item = &'a Node>,
     pods: impl IntoIterator<Item = &'a Pod>,
+    now: Timestamp,
 ) -> Result<Membership, InvalidSelector> {
     let nodes: BTreeMap<String, &Node> = nodes.into_iter().map(|n| (n.name_any(), n)).collect();
     // Nodes the binding's selector points at, before drain signals are applied.
     let selected: BTreeSet<String> = if let Some(sel) = &spec.targets.node_selector {
         let selector = to_selector(sel, "nodeSelector")?;
-        nodes
-            .iter()
-            .filter(|(_, n)| selector.matches(n.labels()))
-            .map(|(name, _)| name.clone())
-            .collect()
+        nodes.iter().filter(|(_, n)| selector.matches(n.labels())).map(|(name, _)| name.clone()).collect()
     } else if let Some(sel) = &spec.targets.pod_selector {
         let selector = to_selector(sel, "podSelector")?;
         pods.into_iter()
@@ -179,11 +195,15 @@ pub fn compute<'a>(
             out.missing_instance_id.push(name);
             continue;
         };
-        match drain_signal(node, &spec.drain) {
-            Some(reason) => {
+        match drain_signal(node, &spec.drain, now) {
+            Ok(Some(reason)) => {
                 out.leaving.insert(id, reason);
             }
-            None => {
+            Ok(None) => {
+                out.desired.insert(id, name);
+            }
+            Err(wait) => {
+                out.recheck_after = Some(out.recheck_after.map_or(wait, |w| w.min(wait)));
                 out.desired.insert(id, name);
             }
         }
@@ -211,18 +231,10 @@ mod tests {
         Node {
             metadata: ObjectMeta {
                 name: Some(name.into()),
-                labels: Some(
-                    labels
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
+                labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
                 ..Default::default()
             },
-            spec: Some(NodeSpec {
-                provider_id: provider.map(Into::into),
-                ..Default::default()
-            }),
+            spec: Some(NodeSpec { provider_id: provider.map(Into::into), ..Default::default() }),
             status: None,
         }
     }
@@ -235,10 +247,7 @@ mod tests {
                 labels: Some([("app".to_string(), "web".to_string())].into()),
                 ..Default::default()
             },
-            spec: Some(PodSpec {
-                node_name: Some(node.into()),
-                ..Default::default()
-            }),
+            spec: Some(PodSpec { node_name: Some(node.into()), ..Default::default() }),
             status: Some(PodStatus {
                 phase: Some("Running".into()),
                 conditions: Some(vec![PodCondition {
@@ -252,10 +261,7 @@ mod tests {
     }
 
     fn selector(k: &str, v: &str) -> LabelSelector {
-        LabelSelector {
-            match_labels: Some([(k.to_string(), v.to_string())].into()),
-            ..Default::default()
-        }
+        LabelSelector { match_labels: Some([(k.to_string(), v.to_string())].into()), ..Default::default() }
     }
 
     fn spec(targets: Targets) -> ClbBackendBindingSpec {
@@ -270,21 +276,19 @@ mod tests {
         }
     }
 
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_000_000).unwrap()
+    }
+
     fn node_targets() -> Targets {
-        Targets {
-            node_selector: Some(selector("role", "web")),
-            pod_selector: None,
-        }
+        Targets { node_selector: Some(selector("role", "web")), pod_selector: None }
     }
 
     /// The instance ID comes from the annotation first, then TKE's label, then the provider ID.
     #[test]
     fn instance_id_prefers_annotation_then_label_then_provider_id() {
-        let mut n = node(
-            "a",
-            &[(TKE_INSTANCE_ID_LABEL, "ins-label001")],
-            Some("qcloud:///300003/ins-prov0001"),
-        );
+        let mut n =
+            node("a", &[(TKE_INSTANCE_ID_LABEL, "ins-label001")], Some("qcloud:///300003/ins-prov0001"));
         assert_eq!(instance_id(&n).as_deref(), Some("ins-label001"));
         n.metadata.annotations =
             Some([(INSTANCE_ID_ANNOTATION.to_string(), "ins-annot001".to_string())].into());
@@ -318,14 +322,11 @@ mod tests {
             effect: "NoSchedule".into(),
             ..Default::default()
         }]);
-        let mut c = node(
-            "c",
-            &[("role", "web"), (EXCLUSION_LABEL, "false")],
-            Some("qcloud:///1/ins-cccc0003"),
-        );
+        let mut c =
+            node("c", &[("role", "web"), (EXCLUSION_LABEL, "false")], Some("qcloud:///1/ins-cccc0003"));
         let d = node("d", &[("role", "web")], None);
         let e = node("e", &[("role", "db")], Some("qcloud:///1/ins-eeee0005"));
-        let m = compute(&spec(node_targets()), "ns", [&a, &b, &c, &d, &e], []).unwrap();
+        let m = compute(&spec(node_targets()), "ns", [&a, &b, &c, &d, &e], [], now()).unwrap();
         assert_eq!(m.desired.keys().collect::<Vec<_>>(), ["ins-aaaa0001"]);
         assert_eq!(
             m.leaving.get("ins-bbbb0002"),
@@ -339,7 +340,7 @@ mod tests {
         let mut s = spec(node_targets());
         s.drain.honor_exclusion_label = false;
         c.metadata.deletion_timestamp = None;
-        let m = compute(&s, "ns", [&c], []).unwrap();
+        let m = compute(&s, "ns", [&c], [], now()).unwrap();
         assert!(m.desired.contains_key("ins-cccc0003"));
     }
 
@@ -349,27 +350,46 @@ mod tests {
         let mut a = node("a", &[("role", "web")], Some("qcloud:///1/ins-aaaa0001"));
         a.spec.as_mut().unwrap().unschedulable = Some(true);
         let mut s = spec(node_targets());
-        assert!(
-            compute(&s, "ns", [&a], [])
-                .unwrap()
-                .desired
-                .contains_key("ins-aaaa0001")
-        );
+        assert!(compute(&s, "ns", [&a], [], now()).unwrap().desired.contains_key("ins-aaaa0001"));
         s.drain.on_cordon = true;
         assert_eq!(
-            compute(&s, "ns", [&a], []).unwrap().leaving.get("ins-aaaa0001"),
+            compute(&s, "ns", [&a], [], now()).unwrap().leaving.get("ins-aaaa0001"),
             Some(&LeaveReason::Cordoned)
         );
 
         let mut b = node("b", &[("role", "web")], Some("qcloud:///1/ins-bbbb0002"));
         b.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
         assert_eq!(
-            compute(&spec(node_targets()), "ns", [&b], [])
-                .unwrap()
-                .leaving
-                .get("ins-bbbb0002"),
+            compute(&spec(node_targets()), "ns", [&b], [], now()).unwrap().leaving.get("ins-bbbb0002"),
             Some(&LeaveReason::NodeTerminating)
         );
+    }
+
+    /// With `onNotReadyAfter`, a node NotReady for that long leaves; before that, the binding is told when to
+    /// look again. Without it, NotReady never counts.
+    #[test]
+    fn not_ready_counts_only_after_the_configured_time() {
+        use k8s_openapi::api::core::v1::{NodeCondition, NodeStatus};
+        let mut a = node("a", &[("role", "web")], Some("qcloud:///1/ins-aaaa0001"));
+        a.status = Some(NodeStatus {
+            conditions: Some(vec![NodeCondition {
+                type_: "Ready".into(),
+                status: "Unknown".into(),
+                last_transition_time: Some(Time(Timestamp::from_second(1_000_000 - 60).unwrap())),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        let mut s = spec(node_targets());
+        let m = compute(&s, "ns", [&a], [], now()).unwrap();
+        assert!(m.desired.contains_key("ins-aaaa0001") && m.recheck_after.is_none());
+        s.drain.on_not_ready_after = Some("5m".parse().unwrap());
+        let m = compute(&s, "ns", [&a], [], now()).unwrap();
+        assert!(m.desired.contains_key("ins-aaaa0001"));
+        assert_eq!(m.recheck_after, Some(Duration::from_secs(240)));
+        s.drain.on_not_ready_after = Some("1m".parse().unwrap());
+        let m = compute(&s, "ns", [&a], [], now()).unwrap();
+        assert_eq!(m.leaving.get("ins-aaaa0001"), Some(&LeaveReason::NotReady));
     }
 
     /// A pod-targeted binding wants the nodes running a Ready, non-terminating matching pod of its own namespace.
@@ -387,11 +407,8 @@ mod tests {
             pod("p3", "shop", "c", false),
             pod("p4", "other", "d", true),
         ];
-        let s = spec(Targets {
-            node_selector: None,
-            pod_selector: Some(selector("app", "web")),
-        });
-        let m = compute(&s, "shop", [&a, &b, &c, &d], pods.iter()).unwrap();
+        let s = spec(Targets { node_selector: None, pod_selector: Some(selector("app", "web")) });
+        let m = compute(&s, "shop", [&a, &b, &c, &d], pods.iter(), now()).unwrap();
         assert_eq!(m.desired.keys().collect::<Vec<_>>(), ["ins-aaaa0001"]);
         assert_eq!(m.nodes.iter().collect::<Vec<_>>(), ["a"]);
     }
@@ -409,10 +426,7 @@ mod tests {
             ]),
             ..Default::default()
         };
-        let s = spec(Targets {
-            node_selector: Some(bad),
-            pod_selector: None,
-        });
-        assert!(compute(&s, "ns", [], []).is_err());
+        let s = spec(Targets { node_selector: Some(bad), pod_selector: None });
+        assert!(compute(&s, "ns", [], [], now()).is_err());
     }
 }

@@ -20,7 +20,9 @@ use std::{
 
 use anyhow::Context as _;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, NodeSpec, Pod, PodCondition, PodSpec, PodStatus};
+use k8s_openapi::api::core::v1::{
+    Node, NodeCondition, NodeSpec, NodeStatus, Pod, PodCondition, PodSpec, PodStatus,
+};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::ListParams,
@@ -38,7 +40,10 @@ use tracing::{info, warn};
 pub use polls::PollSchedule;
 
 use crate::{
-    api::{ClbBackendBinding, ClbBackendBindingStatus, INSTANCE_ID_ANNOTATION, MANAGER},
+    api::{
+        ClbBackendBinding, ClbBackendBindingStatus, DEREGISTERED_AT_ANNOTATION, INSTANCE_ID_ANNOTATION,
+        MANAGER,
+    },
     clb::{ClbClient, ClientConfig, Credentials, PollBackoff},
     metrics::Metrics,
 };
@@ -55,8 +60,10 @@ pub struct Settings {
     pub poll: PollBackoff,
 }
 
-/// What the node and pod watches maintain.
+/// What the watches maintain.
 pub struct Caches {
+    /// The controller's cache of bindings (to see which other bindings own a node).
+    pub bindings: Store<ClbBackendBinding>,
     /// Trimmed cache of every node.
     pub nodes: Store<Node>,
     /// Trimmed cache of the pods in scope.
@@ -69,6 +76,8 @@ pub struct Caches {
 pub struct Context {
     /// Kubernetes client.
     pub client: Client,
+    /// The bindings in scope (the controller's own cache).
+    pub bindings: Store<ClbBackendBinding>,
     /// Trimmed cache of every node.
     pub nodes: Store<Node>,
     /// Trimmed cache of the pods in scope.
@@ -113,11 +122,12 @@ impl Context {
         settings: Settings,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let Caches { nodes, pods, signals } = caches;
+        let Caches { bindings, nodes, pods, signals } = caches;
         let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            bindings,
             nodes,
             pods,
             index: BindingIndex::default(),
@@ -412,7 +422,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     .context("building the CLB client")?
     .with_observer(metrics.clb_observer());
     let settings = Settings { resync: args.resync, poll: PollBackoff::default() };
-    let caches = Caches { nodes: nodes.clone(), pods: pods.clone(), signals };
+    let controller = Controller::new(bindings, watcher::Config::default().any_semantic());
+    let caches = Caches { bindings: controller.store(), nodes: nodes.clone(), pods: pods.clone(), signals };
     let ctx = Arc::new(Context::new(client, caches, clb, default_credentials, settings, metrics));
 
     {
@@ -427,7 +438,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let (for_nodes, for_pods) = (ctx.clone(), ctx.clone());
     info!(namespace = ?args.namespace, endpoint = %args.clb_endpoint, "Starting the controller");
-    Controller::new(bindings, watcher::Config::default().any_semantic())
+    controller
         .watches_stream(node_events, move |node| for_nodes.index.for_node(&node))
         .watches_stream(pod_events, move |pod| for_pods.index.for_pod(&pod))
         .with_config(ControllerConfig::default().concurrency(args.concurrency).debounce(args.debounce))
@@ -517,7 +528,11 @@ fn trim_node(node: &mut Node) {
     meta.annotations = meta
         .annotations
         .take()
-        .map(|a| a.into_iter().filter(|(k, _)| k == INSTANCE_ID_ANNOTATION).collect::<BTreeMap<_, _>>())
+        .map(|a| {
+            a.into_iter()
+                .filter(|(k, _)| k == INSTANCE_ID_ANNOTATION || k == DEREGISTERED_AT_ANNOTATION)
+                .collect::<BTreeMap<_, _>>()
+        })
         .filter(|a| !a.is_empty());
     node.spec = node.spec.take().map(|s| NodeSpec {
         provider_id: s.provider_id,
@@ -525,7 +540,23 @@ fn trim_node(node: &mut Node) {
         unschedulable: s.unschedulable,
         ..Default::default()
     });
-    node.status = None;
+    // Only the Ready condition's state and transition time: heartbeat times would make every status update
+    // look like a change.
+    node.status = node.status.take().and_then(|s| s.conditions).map(|conditions| NodeStatus {
+        conditions: Some(
+            conditions
+                .into_iter()
+                .filter(|c| c.type_ == "Ready")
+                .map(|c| NodeCondition {
+                    type_: c.type_,
+                    status: c.status,
+                    last_transition_time: c.last_transition_time,
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+        ..Default::default()
+    });
 }
 
 /// Keeps only what membership needs of a pod: labels, node, deletion, phase and readiness.

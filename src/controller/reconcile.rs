@@ -7,7 +7,7 @@
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
@@ -29,8 +29,8 @@ use super::{
 };
 use crate::{
     api::{
-        BackendState, ClbBackendBinding, ClbBackendBindingStatus, DeletionPolicy, FINALIZER,
-        FORCE_FINALIZE_ANNOTATION, MANAGER, TaskAction, TaskRecord,
+        BackendState, BackendStatus, ClbBackendBinding, ClbBackendBindingStatus, DEREGISTERED_AT_ANNOTATION,
+        DeletionPolicy, FINALIZER, FORCE_FINALIZE_ANNOTATION, MANAGER, TaskAction, TaskRecord,
     },
     clb::{self, ClbClient, ClbError, Credentials, Submitted},
     metrics::BindingCounts,
@@ -92,13 +92,31 @@ struct Sync<'a> {
     written: ClbBackendBindingStatus,
     problem: Option<Problem>,
     now: Timestamp,
+    /// When membership changes without an event (a NotReady node reaching its limit).
+    recheck_after: Option<Duration>,
+    /// Nodes this reconcile stopped owning (their Deregister finished): candidates for the drained mark.
+    released_nodes: BTreeSet<String>,
+    /// Nodes this reconcile (re)claimed: their drained mark goes.
+    claimed_nodes: BTreeSet<String>,
 }
 
 impl<'a> Sync<'a> {
     fn new(binding: Arc<ClbBackendBinding>, api: Api<ClbBackendBinding>, ctx: &'a Context) -> Self {
         let key = ObjectRef::from_obj(&*binding);
         let status = ctx.current_status(&binding);
-        Self { ctx, written: status.clone(), status, binding, api, key, problem: None, now: Timestamp::now() }
+        Self {
+            ctx,
+            written: status.clone(),
+            status,
+            binding,
+            api,
+            key,
+            problem: None,
+            now: Timestamp::now(),
+            recheck_after: None,
+            released_nodes: BTreeSet::new(),
+            claimed_nodes: BTreeSet::new(),
+        }
     }
 
     fn namespace(&self) -> String {
@@ -116,6 +134,7 @@ impl<'a> Sync<'a> {
             &self.namespace(),
             nodes.iter().map(|n| n.as_ref()),
             pods.iter().map(|p| p.as_ref()),
+            self.now,
         ) {
             Ok(m) => m,
             Err(e) => {
@@ -123,6 +142,7 @@ impl<'a> Sync<'a> {
                 return self.finish(&BTreeSet::new(), false).await;
             }
         };
+        self.recheck_after = membership.recheck_after;
         let mut looked_at = membership.nodes.clone();
         looked_at.extend(self.status.backends.iter().filter_map(|b| b.node.clone()));
         self.ctx.index.update(self.key.clone(), Interest::of(spec, &self.namespace(), looked_at));
@@ -305,6 +325,7 @@ impl<'a> Sync<'a> {
             };
             self.ctx.polls.forget(request_id);
             self.ctx.deregister_finished(request_id, succeeded);
+            let task_nodes = self.nodes_of(|b| b.request_id == Some(request_id));
             let Some((action, ids)) =
                 status::task_finished(&mut self.status, request_id, succeeded, self.now)
             else {
@@ -331,6 +352,11 @@ impl<'a> Sync<'a> {
                     ),
                 ),
             };
+            match (action, succeeded) {
+                (TaskAction::Deregister, true) => self.released_nodes.extend(task_nodes),
+                (TaskAction::Register, true) => self.claimed_nodes.extend(task_nodes),
+                _ => {}
+            }
             info!(binding = %self.key, request_id, ?action, succeeded, instances = ids.len(), "CLB task finished");
             self.ctx.publish(&self.binding, type_, reason, &format!("{action:?}"), &note).await;
         }
@@ -353,6 +379,8 @@ impl<'a> Sync<'a> {
                 }
                 Ok(Submitted::AlreadyGone) => {
                     info!(binding = %self.key, instances = ?outcome.instance_ids, "Already gone from the load balancer");
+                    let gone = self.nodes_of(|b| outcome.instance_ids.contains(&b.instance_id));
+                    self.released_nodes.extend(gone);
                     status::already_gone(&mut self.status, &outcome.instance_ids);
                 }
                 Err(e) => {
@@ -380,6 +408,7 @@ impl<'a> Sync<'a> {
         if !adopt.is_empty() {
             info!(binding = %self.key, instances = adopt.len(), "Adopted instances already on the load balancer");
             status::adopted(&mut self.status, &adopt);
+            self.claimed_nodes.extend(adopt.iter().map(|(_, node)| node.clone()));
         }
         if !register.is_empty() {
             let weight = u32::try_from(self.binding.spec.weight.clamp(0, 100)).unwrap_or(10);
@@ -394,6 +423,7 @@ impl<'a> Sync<'a> {
                             .collect();
                         info!(binding = %self.key, request_id, instances = batch.len(), "Register submitted");
                         status::register_submitted(&mut self.status, request_id, &batch, self.now);
+                        self.claimed_nodes.extend(batch.iter().map(|(_, node)| node.clone()));
                         self.ctx.polls.submitted(request_id);
                     }
                     Ok(Submitted::AlreadyGone) => {
@@ -413,6 +443,57 @@ impl<'a> Sync<'a> {
             self.write_status().await?;
         }
         Ok(())
+    }
+
+    /// The nodes of the owned backends that match `which`.
+    fn nodes_of(&self, which: impl Fn(&BackendStatus) -> bool) -> BTreeSet<String> {
+        self.status.backends.iter().filter(|b| which(b)).filter_map(|b| b.node.clone()).collect()
+    }
+
+    /// Keeps the nodes' drained mark true: set on a node once no binding owns its CVM any more (after a
+    /// deregistration), removed when a binding takes it back. Failures are logged: the mark is a courtesy to
+    /// drain tooling, and the next change retries it.
+    async fn mark_nodes(&mut self) {
+        let nodes: Api<Node> = Api::all(self.ctx.client.clone());
+        let claimed = std::mem::take(&mut self.claimed_nodes);
+        let released = std::mem::take(&mut self.released_nodes);
+        for node in claimed {
+            if self.drained_mark(&node).is_some() {
+                self.patch_mark(&nodes, &node, None).await;
+            }
+        }
+        for node in released {
+            let exists = self.ctx.nodes.get(&ObjectRef::new(&node)).is_some();
+            if exists && self.drained_mark(&node).is_none() && !self.node_owned(&node) {
+                self.patch_mark(&nodes, &node, Some(self.now.to_string())).await;
+            }
+        }
+    }
+
+    fn drained_mark(&self, node: &str) -> Option<String> {
+        self.ctx.nodes.get(&ObjectRef::new(node))?.annotations().get(DEREGISTERED_AT_ANNOTATION).cloned()
+    }
+
+    /// Whether this or any other binding still owns an instance on `node`.
+    fn node_owned(&self, node: &str) -> bool {
+        let on_node =
+            |s: &ClbBackendBindingStatus| s.backends.iter().any(|b| b.node.as_deref() == Some(node));
+        on_node(&self.status)
+            || self
+                .ctx
+                .bindings
+                .state()
+                .iter()
+                .filter(|b| ObjectRef::from_obj(b.as_ref()) != self.key)
+                .any(|b| on_node(&self.ctx.current_status(b)))
+    }
+
+    async fn patch_mark(&self, nodes: &Api<Node>, node: &str, value: Option<String>) {
+        let patch = serde_json::json!({"metadata": {"annotations": {DEREGISTERED_AT_ANNOTATION: value}}});
+        match nodes.patch(node, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => info!(node, drained = value.is_some(), "Updated the node's drained mark"),
+            Err(e) => warn!(node, error = %e, "Updating the node's drained mark failed"),
+        }
     }
 
     /// When the operator saw the change that makes `instance` leave: the last event about its node, or now.
@@ -460,6 +541,7 @@ impl<'a> Sync<'a> {
         if self.status != self.written {
             self.write_status().await?;
         }
+        self.mark_nodes().await;
         if self.problem.is_none() {
             self.ctx.reported_reset(&self.key);
         }
@@ -479,6 +561,7 @@ impl<'a> Sync<'a> {
     fn next_delay(&self, pending: bool) -> Option<Duration> {
         let running = status::running_tasks(&self.status);
         let mut delays: Vec<Duration> = running.iter().map(|id| self.ctx.polls.until_due(*id)).collect();
+        delays.extend(self.recheck_after);
         if pending {
             for action in [TaskAction::Deregister, TaskAction::Register] {
                 if let Some(at) = plan::retry_at(&self.status.tasks, action) {

@@ -197,16 +197,21 @@ where
     }
 }
 
-/// Runs the control plane's kubectl against the test control plane; returns stdout, or stderr as the error.
-pub fn try_kubectl(args: &[&str]) -> Result<String, String> {
-    let bin = Command::new("bash")
+/// The control plane's kubectl binary (from `tests/testenv/versions.sh`).
+pub fn kubectl_bin() -> String {
+    let out = Command::new("bash")
         .arg("-c")
         .arg(". \"$1/tests/testenv/versions.sh\" && printf %s \"$K8S_BIN/kubectl\"")
         .arg("versions")
         .arg(repo())
         .output()
-        .map_err(|e| format!("reading tests/testenv/versions.sh: {e}"))?;
-    let bin = String::from_utf8_lossy(&bin.stdout).into_owned();
+        .expect("reading tests/testenv/versions.sh");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs the control plane's kubectl against the test control plane; returns stdout, or stderr as the error.
+pub fn try_kubectl(args: &[&str]) -> Result<String, String> {
+    let bin = kubectl_bin();
     let out = Command::new(&bin)
         .arg("--kubeconfig")
         .arg(&plane().kubeconfig)
