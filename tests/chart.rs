@@ -115,7 +115,7 @@ image: {repository: registry.example.com/clb-operator, tag: "1.2.3", pullPolicy:
 imagePullSecrets: [{name: regcred}]
 clb: {endpoint: "http://clb-emulator.test:8080/v2/index.php", rateLimit: 5, batchSize: 50}
 credentials: {existingSecret: clb-credentials}
-reconcile: {concurrency: 4, resync: 10m, debounce: 250ms, watchNamespace: shop}
+reconcile: {concurrency: 4, resync: 10m, settle: 250ms, watchNamespace: shop}
 leaderElection: {enabled: true, leaseName: clb-leader, leaseDuration: 30s}
 logging: {level: "info,clb_operator=debug", format: json}
 rbac: {secretNamespaces: [shop, web]}
@@ -271,7 +271,7 @@ fn non_default_values_render_as_asked() {
         "--batch-size=50",
         "--concurrency=4",
         "--resync=10m",
-        "--debounce=250ms",
+        "--settle=250ms",
         "--namespace=shop",
         "--leader-election-lease=clb-leader",
         "--lease-duration=30s",

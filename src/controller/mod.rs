@@ -56,8 +56,10 @@ type Key = ObjectRef<ClbBackendBinding>;
 pub struct Settings {
     /// How often an unchanged binding is looked at again (drift and credential rotation).
     pub resync: Duration,
-    /// Task polling schedule.
+    /// Task polling schedule before task durations are learnt.
     pub poll: PollBackoff,
+    /// Quiet time before submitting after a change (see `--settle`).
+    pub settle: Duration,
 }
 
 /// What the watches maintain.
@@ -103,6 +105,8 @@ pub struct Context {
     deregister_signals: Mutex<HashMap<u64, Vec<Instant>>>,
     written: Mutex<HashMap<Key, Written>>,
     failures: Mutex<HashMap<Key, u32>>,
+    /// Since when each binding has been holding back a submission for changes to settle.
+    settling: Mutex<HashMap<Key, Instant>>,
     reported: Mutex<HashMap<Key, HashSet<String>>>,
 }
 
@@ -140,6 +144,7 @@ impl Context {
             deregister_signals: Mutex::default(),
             written: Mutex::default(),
             failures: Mutex::default(),
+            settling: Mutex::default(),
             reported: Mutex::default(),
         }
     }
@@ -195,6 +200,26 @@ impl Context {
         if let Ok(mut f) = self.failures.lock() {
             f.remove(key);
         }
+    }
+
+    /// How long `key` should still hold back submissions: until no change to `nodes` has been seen for the
+    /// settle time, but no longer than ten settle times in all (a node that changes constantly must not starve
+    /// the others). `None` means submit now.
+    fn settle_wait<'n>(&self, key: &Key, nodes: impl IntoIterator<Item = &'n String>) -> Option<Duration> {
+        let settle = self.settings.settle;
+        let newest = nodes.into_iter().filter_map(|n| self.signals.last(n)).max();
+        let quiet = newest.map_or(settle, |t| t.elapsed());
+        let mut settling = self.settling.lock().ok()?;
+        if quiet >= settle {
+            settling.remove(key);
+            return None;
+        }
+        let since = *settling.entry(key.clone()).or_insert_with(Instant::now);
+        if since.elapsed() >= settle.saturating_mul(10) {
+            settling.remove(key);
+            return None;
+        }
+        Some(settle - quiet)
     }
 
     /// Remembers when the signals behind a submitted Deregister task were seen.
@@ -323,10 +348,10 @@ pub struct RunArgs {
     /// How often an unchanged binding is looked at again.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub resync: Duration,
-    /// Quiet time after a burst of node or pod events before a binding is reconciled, so that a mass drain
-    /// becomes a few full batches instead of many small calls.
-    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
-    pub debounce: Duration,
+    /// Quiet time a binding waits after the last change to its nodes or pods before it submits, so that a mass
+    /// drain becomes a few full batches instead of many small calls; it waits at most ten times this.
+    #[arg(long, default_value = "30ms", value_parser = humantime::parse_duration)]
+    pub settle: Duration,
     /// Hold a coordination.k8s.io Lease so that only one replica reconciles (for more than one replica).
     #[arg(long, env = "LEADER_ELECT")]
     pub leader_elect: bool,
@@ -421,7 +446,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     )
     .context("building the CLB client")?
     .with_observer(metrics.clb_observer());
-    let settings = Settings { resync: args.resync, poll: PollBackoff::default() };
+    let settings = Settings { resync: args.resync, poll: PollBackoff::default(), settle: args.settle };
     let controller = Controller::new(bindings, watcher::Config::default().any_semantic());
     let caches = Caches { bindings: controller.store(), nodes: nodes.clone(), pods: pods.clone(), signals };
     let ctx = Arc::new(Context::new(client, caches, clb, default_credentials, settings, metrics));
@@ -441,7 +466,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     controller
         .watches_stream(node_events, move |node| for_nodes.index.for_node(&node))
         .watches_stream(pod_events, move |pod| for_pods.index.for_pod(&pod))
-        .with_config(ControllerConfig::default().concurrency(args.concurrency).debounce(args.debounce))
+        .with_config(ControllerConfig::default().concurrency(args.concurrency))
         .shutdown_on_signal()
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|result| async move {

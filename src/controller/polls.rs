@@ -1,17 +1,35 @@
-//! When each running CLB task is next polled: in memory, because a restart should poll at once anyway.
+//! When each running CLB task is next polled: learnt from how long recent tasks took, in memory, because a
+//! restart should poll at once anyway.
+//!
+//! A fixed doubling backoff either polls a 1 s task five times or notices its end up to a second late. Tasks of
+//! one CLB take similar times, so the first poll goes out shortly before the typical duration, then a few short
+//! steps follow, and only then does the backoff grow.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::Mutex,
     time::{Duration, Instant},
 };
 
 use crate::clb::PollBackoff;
 
+/// How many recent task durations the estimate is made from.
+const HISTORY: usize = 64;
+/// Polls at the initial interval after the first, learnt one, before backing off further.
+const SHORT_STEPS: u32 = 3;
+
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     polls: u32,
     due: Instant,
+    submitted: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    entries: HashMap<u64, Entry>,
+    /// Recent durations from submission to the poll that saw the task finished.
+    durations: VecDeque<Duration>,
 }
 
 /// Poll times per requestId. A task the schedule does not know (e.g. after a restart or a leader change) is
@@ -19,38 +37,60 @@ struct Entry {
 #[derive(Debug)]
 pub struct PollSchedule {
     backoff: PollBackoff,
-    entries: Mutex<HashMap<u64, Entry>>,
+    inner: Mutex<Inner>,
 }
 
 impl PollSchedule {
-    /// An empty schedule following `backoff`.
+    /// An empty schedule; until tasks have finished, polls follow `backoff`.
     pub fn new(backoff: PollBackoff) -> Self {
-        Self { backoff, entries: Mutex::default() }
+        Self { backoff, inner: Mutex::default() }
     }
 
-    /// Records a task just submitted: its first poll is one initial delay away.
+    /// The delay before poll number `polls` (0 = the first) of a task, given the learnt typical duration.
+    fn delay(&self, polls: u32, typical: Option<Duration>) -> Duration {
+        match typical {
+            // Just before the typical end, then short steps, then the usual backoff from where it stands.
+            Some(t) if polls == 0 => (t.mul_f64(0.85)).max(self.backoff.initial),
+            Some(_) if polls <= SHORT_STEPS => self.backoff.initial,
+            Some(_) => self.backoff.delay(polls - SHORT_STEPS),
+            None => self.backoff.delay(polls),
+        }
+    }
+
+    /// Records a task just submitted.
     pub fn submitted(&self, request_id: u64) {
-        self.set(request_id, 0);
+        let Ok(mut inner) = self.inner.lock() else { return };
+        let typical = median(&inner.durations);
+        let now = Instant::now();
+        let due = now + self.delay(0, typical);
+        inner.entries.insert(request_id, Entry { polls: 0, due, submitted: Some(now) });
     }
 
-    /// Records a poll that found the task still running: the next one backs off further.
+    /// Records a poll that found the task still running.
     pub fn polled(&self, request_id: u64) {
-        let polls = self.entries.lock().ok().and_then(|e| e.get(&request_id).map(|e| e.polls)).unwrap_or(0);
-        self.set(request_id, polls + 1);
+        let Ok(mut inner) = self.inner.lock() else { return };
+        let typical = median(&inner.durations);
+        let now = Instant::now();
+        let entry = inner.entries.get(&request_id).copied();
+        let polls = entry.map_or(1, |e| e.polls + 1);
+        let due = now + self.delay(polls, typical);
+        inner.entries.insert(request_id, Entry { polls, due, submitted: entry.and_then(|e| e.submitted) });
     }
 
-    fn set(&self, request_id: u64, polls: u32) {
-        let due = Instant::now() + self.backoff.delay(polls);
-        if let Ok(mut e) = self.entries.lock() {
-            e.insert(request_id, Entry { polls, due });
+    /// Forgets a finished task, learning its duration if this process submitted it.
+    pub fn finished(&self, request_id: u64) {
+        let Ok(mut inner) = self.inner.lock() else { return };
+        if let Some(submitted) = inner.entries.remove(&request_id).and_then(|e| e.submitted) {
+            if inner.durations.len() == HISTORY {
+                inner.durations.pop_front();
+            }
+            inner.durations.push_back(submitted.elapsed());
         }
     }
 
-    /// Forgets a finished task.
-    pub fn forget(&self, request_id: u64) {
-        if let Ok(mut e) = self.entries.lock() {
-            e.remove(&request_id);
-        }
+    /// How many times the task has been polled and found running (0 if unknown).
+    pub fn polls(&self, request_id: u64) -> u32 {
+        self.inner.lock().ok().and_then(|i| i.entries.get(&request_id).map(|e| e.polls)).unwrap_or(0)
     }
 
     /// Whether the task should be polled now.
@@ -60,21 +100,27 @@ impl PollSchedule {
 
     /// Time left until the task's next poll (zero if due or unknown).
     pub fn until_due(&self, request_id: u64) -> Duration {
-        self.entries
+        self.inner
             .lock()
             .ok()
-            .and_then(|e| e.get(&request_id).map(|e| e.due.saturating_duration_since(Instant::now())))
+            .and_then(|i| i.entries.get(&request_id).map(|e| e.due.saturating_duration_since(Instant::now())))
             .unwrap_or_default()
     }
+}
+
+fn median(durations: &VecDeque<Duration>) -> Option<Duration> {
+    let mut sorted: Vec<Duration> = durations.iter().copied().collect();
+    sorted.sort_unstable();
+    sorted.get(sorted.len() / 2).copied()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Unknown tasks are due at once; submitted ones wait the initial delay, and each running poll waits longer.
+    /// Unknown tasks are due at once; without history polls follow the doubling backoff.
     #[test]
-    fn schedule_backs_off_and_polls_unknown_tasks_at_once() {
+    fn unknown_tasks_are_due_at_once_and_new_ones_back_off() {
         let s = PollSchedule::new(PollBackoff::default());
         assert!(s.is_due(7), "a task recovered after a restart is polled at once");
         s.submitted(7);
@@ -83,7 +129,35 @@ mod tests {
         s.polled(7);
         s.polled(7);
         assert!(s.until_due(7) > first);
-        s.forget(7);
+        assert_eq!(s.polls(7), 2);
+        s.finished(7);
         assert!(s.is_due(7));
+    }
+
+    /// With history, the first poll lands shortly before the typical duration, then a few short steps follow:
+    /// a task of typical length costs two or three polls, not five.
+    #[test]
+    fn learnt_durations_shape_the_schedule() {
+        let s = PollSchedule::new(PollBackoff::default());
+        let typical = Some(Duration::from_millis(1000));
+        assert_eq!(s.delay(0, typical), Duration::from_millis(850));
+        assert_eq!(s.delay(1, typical), Duration::from_millis(100));
+        assert_eq!(s.delay(3, typical), Duration::from_millis(100));
+        assert!(s.delay(6, typical) > Duration::from_millis(100));
+        assert_eq!(
+            s.delay(0, Some(Duration::from_millis(20))),
+            Duration::from_millis(100),
+            "never below initial"
+        );
+        assert_eq!(s.delay(0, None), Duration::from_millis(100));
+        // Polls of a 1 s task: at 0.85 s, 0.95 s, 1.05 s -> found finished on the third.
+        let polls_needed = (0..).scan(Duration::ZERO, |t, n| {
+            *t += s.delay(n, typical);
+            Some(*t)
+        });
+        assert_eq!(polls_needed.take_while(|t| *t < Duration::from_millis(1000)).count() + 1, 3);
+        let mut durations = VecDeque::new();
+        durations.extend([300, 100, 200].map(Duration::from_millis));
+        assert_eq!(median(&durations), Some(Duration::from_millis(200)));
     }
 }

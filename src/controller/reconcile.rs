@@ -98,6 +98,8 @@ struct Sync<'a> {
     released_nodes: BTreeSet<String>,
     /// Nodes this reconcile (re)claimed: their drained mark goes.
     claimed_nodes: BTreeSet<String>,
+    /// How long submissions wait for a burst of changes to settle.
+    settle_wait: Option<Duration>,
 }
 
 impl<'a> Sync<'a> {
@@ -116,6 +118,7 @@ impl<'a> Sync<'a> {
             recheck_after: None,
             released_nodes: BTreeSet::new(),
             claimed_nodes: BTreeSet::new(),
+            settle_wait: None,
         }
     }
 
@@ -145,7 +148,7 @@ impl<'a> Sync<'a> {
         self.recheck_after = membership.recheck_after;
         let mut looked_at = membership.nodes.clone();
         looked_at.extend(self.status.backends.iter().filter_map(|b| b.node.clone()));
-        self.ctx.index.update(self.key.clone(), Interest::of(spec, &self.namespace(), looked_at));
+        self.ctx.index.update(self.key.clone(), Interest::of(spec, &self.namespace(), looked_at.clone()));
         for node in &membership.missing_instance_id {
             let note = format!(
                 "node {node} has no CVM instance ID (annotation clb.tke.dev/instance-id, label \
@@ -181,15 +184,20 @@ impl<'a> Sync<'a> {
             pod_targeted,
         );
         let mut pending = false;
+        // A burst of changes (a mass drain) is submitted once it settles, as a few full batches.
+        // (A wait of a few tens of milliseconds is not reported as pending, to spare a status write.)
+        if !plan.deregister.is_empty() || !plan.join.is_empty() {
+            self.settle_wait = self.ctx.settle_wait(&self.key, &looked_at);
+        }
         // Removals first: a backend going away must stop receiving traffic before anything else is done.
-        if !plan.deregister.is_empty() {
+        if !plan.deregister.is_empty() && self.settle_wait.is_none() {
             if self.may_submit(TaskAction::Deregister) {
                 self.deregister(&clb, plan.deregister).await?;
             } else {
                 pending = true;
             }
         }
-        if !plan.join.is_empty() && self.problem.is_none() {
+        if !plan.join.is_empty() && self.problem.is_none() && self.settle_wait.is_none() {
             if self.may_submit(TaskAction::Register) {
                 self.join(&clb, plan.join).await?;
             } else {
@@ -323,7 +331,7 @@ impl<'a> Sync<'a> {
                 clb::TaskState::Succeeded => true,
                 clb::TaskState::Failed => false,
             };
-            self.ctx.polls.forget(request_id);
+            self.ctx.polls.finished(request_id);
             self.ctx.deregister_finished(request_id, succeeded);
             let task_nodes = self.nodes_of(|b| b.request_id == Some(request_id));
             let Some((action, ids)) =
@@ -562,6 +570,7 @@ impl<'a> Sync<'a> {
         let running = status::running_tasks(&self.status);
         let mut delays: Vec<Duration> = running.iter().map(|id| self.ctx.polls.until_due(*id)).collect();
         delays.extend(self.recheck_after);
+        delays.extend(self.settle_wait);
         if pending {
             for action in [TaskAction::Deregister, TaskAction::Register] {
                 if let Some(at) = plan::retry_at(&self.status.tasks, action) {

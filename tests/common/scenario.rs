@@ -51,7 +51,7 @@ pub fn run_args(t: &TestNs, emu: &EmulatorHandle) -> RunArgs {
         batch_size: 20,
         rate_limit: 50,
         resync: Duration::from_secs(300),
-        debounce: Duration::from_millis(100),
+        settle: Duration::from_millis(30),
         leader_elect: false,
         leader_election_namespace: t.ns.clone(),
         leader_election_lease: "clb-operator".into(),
