@@ -338,3 +338,20 @@ async fn a_killed_operator_resumes_polling_the_same_task() {
         .count();
     assert!(polls_after_restart >= 1, "the restarted operator polled requestId {}", running.request_id);
 }
+
+/// Bindings that exist before the operator starts all wait for the caches together and are all reconciled
+/// (kube's store readiness future wakes only one of several concurrent waiters; the operator must not rely
+/// on it for each reconcile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bindings_waiting_together_for_the_caches_are_all_reconciled() {
+    let (t, emu) = setup("startup-burst").await;
+    let tok = token_suffix();
+    let nodes = nodes(&t, &tok, 2).await;
+    for i in 0..12 {
+        binding(&t, &format!("web-{i}"), LB, false, json!({})).await;
+    }
+    let _op = start_operator(&t, &emu);
+    for i in 0..12 {
+        wait_ready_with(&t, &format!("web-{i}"), &ids(&nodes)).await;
+    }
+}

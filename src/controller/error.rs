@@ -34,9 +34,9 @@ pub enum Error {
         /// When to look again.
         retry_after: Duration,
     },
-    /// A cache's watch stream ended, so the operator is shutting down.
-    #[error("the {0} cache is gone")]
-    CacheClosed(&'static str),
+    /// The caches went away before they synced, so the operator is shutting down.
+    #[error("the node and pod caches are gone")]
+    CacheClosed,
     /// The object is missing something the API server guarantees (a name or namespace).
     #[error("malformed object: {0}")]
     Malformed(&'static str),
@@ -54,7 +54,7 @@ impl Error {
             Self::Clb { source, .. } => source.kind(),
             Self::DeletionPending { .. } => "deletion_pending",
             Self::Malformed(_) => "malformed",
-            Self::CacheClosed(_) => "cache_closed",
+            Self::CacheClosed => "cache_closed",
             Self::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.kind(),

@@ -105,6 +105,8 @@ pub struct Context {
     deregister_signals: Mutex<HashMap<u64, Vec<Instant>>>,
     written: Mutex<HashMap<Key, Written>>,
     failures: Mutex<HashMap<Key, u32>>,
+    /// True once the node and pod caches hold a full list; reconciles wait for it.
+    pub caches_synced: tokio::sync::watch::Sender<bool>,
     /// Since when each binding has been holding back a submission for changes to settle.
     settling: Mutex<HashMap<Key, Instant>>,
     reported: Mutex<HashMap<Key, HashSet<String>>>,
@@ -145,6 +147,7 @@ impl Context {
             written: Mutex::default(),
             failures: Mutex::default(),
             settling: Mutex::default(),
+            caches_synced: tokio::sync::watch::Sender::new(false),
             reported: Mutex::default(),
         }
     }
@@ -452,9 +455,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ctx = Arc::new(Context::new(client, caches, clb, default_credentials, settings, metrics));
 
     {
-        let (nodes, pods, ready) = (nodes.clone(), pods.clone(), ready.clone());
+        // NB: this task is the only waiter on the stores' readiness. kube's Store::wait_until_ready wakes just
+        // the most recent of several concurrent waiters (one oneshot waker), so reconciles wait on
+        // `caches_synced`, a watch channel that wakes them all.
+        let (nodes, pods, ready, synced) =
+            (nodes.clone(), pods.clone(), ready.clone(), ctx.caches_synced.clone());
         tokio::spawn(async move {
             if nodes.wait_until_ready().await.is_ok() && pods.wait_until_ready().await.is_ok() {
+                synced.send_replace(true);
                 ready.set_ready();
                 info!(nodes = nodes.len(), pods = pods.len(), "Caches synced");
             }

@@ -48,8 +48,7 @@ pub async fn reconcile(binding: Arc<ClbBackendBinding>, ctx: Arc<Context>) -> Re
     let started = std::time::Instant::now();
     // The controller starts with its bindings listed, but the node and pod caches fill on their own streams;
     // acting on a partial list would deregister healthy instances.
-    ctx.nodes.wait_until_ready().await.map_err(|_| Error::CacheClosed("nodes"))?;
-    ctx.pods.wait_until_ready().await.map_err(|_| Error::CacheClosed("pods"))?;
+    ctx.caches_synced.subscribe().wait_for(|synced| *synced).await.map_err(|_| Error::CacheClosed)?;
     let result = finalizer(&api, FINALIZER, binding, |event| async {
         match event {
             Finalizer::Apply(b) => Sync::new(b, api.clone(), &ctx).apply().await,
