@@ -206,23 +206,27 @@ impl Context {
     }
 
     /// How long `key` should still hold back submissions: until no change to `nodes` has been seen for the
-    /// settle time, but no longer than ten settle times in all (a node that changes constantly must not starve
-    /// the others). `None` means submit now.
+    /// settle time, or five times that while a burst is on (changes on several of its nodes lately: a mass
+    /// drain reaches the API server over several hundred milliseconds), but no longer than twenty settle times in
+    /// all, so a node that changes constantly cannot starve the others. `None`: submit now.
     fn settle_wait<'n>(&self, key: &Key, nodes: impl IntoIterator<Item = &'n String>) -> Option<Duration> {
         let settle = self.settings.settle;
-        let newest = nodes.into_iter().filter_map(|n| self.signals.last(n)).max();
-        let quiet = newest.map_or(settle, |t| t.elapsed());
+        let window = settle.saturating_mul(20);
+        let recent: Vec<Instant> =
+            nodes.into_iter().filter_map(|n| self.signals.last(n)).filter(|t| t.elapsed() < window).collect();
+        let quiet = recent.iter().map(|t| t.elapsed()).min().unwrap_or(window);
+        let needed = if recent.len() > 1 { settle.saturating_mul(5) } else { settle };
         let mut settling = self.settling.lock().ok()?;
-        if quiet >= settle {
+        if quiet >= needed {
             settling.remove(key);
             return None;
         }
         let since = *settling.entry(key.clone()).or_insert_with(Instant::now);
-        if since.elapsed() >= settle.saturating_mul(10) {
+        if since.elapsed() >= window {
             settling.remove(key);
             return None;
         }
-        Some(settle - quiet)
+        Some(needed - quiet)
     }
 
     /// Remembers when the signals behind a submitted Deregister task were seen.
@@ -352,7 +356,8 @@ pub struct RunArgs {
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub resync: Duration,
     /// Quiet time a binding waits after the last change to its nodes or pods before it submits, so that a mass
-    /// drain becomes a few full batches instead of many small calls; it waits at most ten times this.
+    /// drain becomes a few full batches instead of many small calls (five times this during a burst, twenty at
+    /// most).
     #[arg(long, default_value = "30ms", value_parser = humantime::parse_duration)]
     pub settle: Duration,
     /// Hold a coordination.k8s.io Lease so that only one replica reconciles (for more than one replica).

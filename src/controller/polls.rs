@@ -3,7 +3,9 @@
 //!
 //! A fixed doubling backoff either polls a 1 s task five times or notices its end up to a second late. Tasks of
 //! one CLB take similar times, so the first poll goes out shortly before the typical duration, then a few short
-//! steps follow, and only then does the backoff grow.
+//! steps follow, and only then does the backoff grow. The typical duration is learnt from the last poll that
+//! still saw each task running (a lower bound; the poll that saw it done can be late by a whole step, and
+//! learning from it would push every later first poll past the end).
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -23,12 +25,14 @@ struct Entry {
     polls: u32,
     due: Instant,
     submitted: Option<Instant>,
+    /// Time from submission to the last poll that saw the task running.
+    running_for: Option<Duration>,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     entries: HashMap<u64, Entry>,
-    /// Recent durations from submission to the poll that saw the task finished.
+    /// Recent lower bounds of task durations.
     durations: VecDeque<Duration>,
 }
 
@@ -50,7 +54,7 @@ impl PollSchedule {
     fn delay(&self, polls: u32, typical: Option<Duration>) -> Duration {
         match typical {
             // Just before the typical end, then short steps, then the usual backoff from where it stands.
-            Some(t) if polls == 0 => (t.mul_f64(0.85)).max(self.backoff.initial),
+            Some(t) if polls == 0 => t.mul_f64(0.95).max(self.backoff.initial),
             Some(_) if polls <= SHORT_STEPS => self.backoff.initial,
             Some(_) => self.backoff.delay(polls - SHORT_STEPS),
             None => self.backoff.delay(polls),
@@ -63,7 +67,7 @@ impl PollSchedule {
         let typical = median(&inner.durations);
         let now = Instant::now();
         let due = now + self.delay(0, typical);
-        inner.entries.insert(request_id, Entry { polls: 0, due, submitted: Some(now) });
+        inner.entries.insert(request_id, Entry { polls: 0, due, submitted: Some(now), running_for: None });
     }
 
     /// Records a poll that found the task still running.
@@ -74,18 +78,22 @@ impl PollSchedule {
         let entry = inner.entries.get(&request_id).copied();
         let polls = entry.map_or(1, |e| e.polls + 1);
         let due = now + self.delay(polls, typical);
-        inner.entries.insert(request_id, Entry { polls, due, submitted: entry.and_then(|e| e.submitted) });
+        let submitted = entry.and_then(|e| e.submitted);
+        let running_for = submitted.map(|s| s.elapsed());
+        inner.entries.insert(request_id, Entry { polls, due, submitted, running_for });
     }
 
-    /// Forgets a finished task, learning its duration if this process submitted it.
+    /// Forgets a finished task, learning a lower bound of its duration if this process submitted it: the last
+    /// time it was seen running, or, if the first poll already found it done, a little less than that poll.
     pub fn finished(&self, request_id: u64) {
         let Ok(mut inner) = self.inner.lock() else { return };
-        if let Some(submitted) = inner.entries.remove(&request_id).and_then(|e| e.submitted) {
-            if inner.durations.len() == HISTORY {
-                inner.durations.pop_front();
-            }
-            inner.durations.push_back(submitted.elapsed());
+        let Some(entry) = inner.entries.remove(&request_id) else { return };
+        let Some(submitted) = entry.submitted else { return };
+        let bound = entry.running_for.unwrap_or_else(|| submitted.elapsed().mul_f64(0.8));
+        if inner.durations.len() == HISTORY {
+            inner.durations.pop_front();
         }
+        inner.durations.push_back(bound);
     }
 
     /// How many times the task has been polled and found running (0 if unknown).
@@ -140,7 +148,7 @@ mod tests {
     fn learnt_durations_shape_the_schedule() {
         let s = PollSchedule::new(PollBackoff::default());
         let typical = Some(Duration::from_millis(1000));
-        assert_eq!(s.delay(0, typical), Duration::from_millis(850));
+        assert_eq!(s.delay(0, typical), Duration::from_millis(950));
         assert_eq!(s.delay(1, typical), Duration::from_millis(100));
         assert_eq!(s.delay(3, typical), Duration::from_millis(100));
         assert!(s.delay(6, typical) > Duration::from_millis(100));
@@ -150,12 +158,12 @@ mod tests {
             "never below initial"
         );
         assert_eq!(s.delay(0, None), Duration::from_millis(100));
-        // Polls of a 1 s task: at 0.85 s, 0.95 s, 1.05 s -> found finished on the third.
+        // A 1 s task whose lower bound was learnt as 1 s: polls at 0.95 s, 1.05 s -> found finished on the second.
         let polls_needed = (0..).scan(Duration::ZERO, |t, n| {
             *t += s.delay(n, typical);
             Some(*t)
         });
-        assert_eq!(polls_needed.take_while(|t| *t < Duration::from_millis(1000)).count() + 1, 3);
+        assert_eq!(polls_needed.take_while(|t| *t < Duration::from_millis(1000)).count() + 1, 2);
         let mut durations = VecDeque::new();
         durations.extend([300, 100, 200].map(Duration::from_millis));
         assert_eq!(median(&durations), Some(Duration::from_millis(200)));

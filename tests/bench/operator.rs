@@ -1,0 +1,751 @@
+//! Benchmark: how fast a going-away backend leaves the CLB, how few API calls it costs, and how little the
+//! operator needs, against a real control plane with kwok, the CLB emulator and the release-built operator.
+//!
+//! `cargo bench --bench operator` (default size: 2,000 nodes, 20,000 pods, 100 bindings; writes
+//! tests/bench/RESULTS.md, results.json and latency-cdf.png) or `cargo bench --bench operator -- --quick` (CI
+//! size; results only under target/). It fails only on functional invariants, never on timings.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use clb_operator::{
+    api::{ClbBackendBinding, TaskState},
+    clb::Action,
+    emulator::{self, EmulatorConfig, EmulatorHandle, Faults, SeedLoadBalancer},
+};
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use serde_json::{Value, json};
+
+/// Cluster size and phase lengths.
+#[derive(Clone, Debug)]
+struct Size {
+    name: &'static str,
+    nodes: usize,
+    pods: usize,
+    bindings: usize,
+    signals: usize,
+    idle: Duration,
+}
+
+const QUICK: Size =
+    Size { name: "quick", nodes: 600, pods: 3_000, bindings: 30, signals: 30, idle: Duration::from_secs(10) };
+const FULL: Size = Size {
+    name: "full",
+    nodes: 2_000,
+    pods: 20_000,
+    bindings: 100,
+    signals: 100,
+    idle: Duration::from_secs(60),
+};
+/// Nodes drained at once in the economy phase (ten full batches of 20).
+const DRAIN_NODES: usize = 200;
+const TASK: Duration = Duration::from_secs(1);
+const PARALLEL: usize = 48;
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default()
+}
+
+fn lb(i: usize) -> String {
+    format!("lb-bench{i:03}")
+}
+
+fn instance(n: usize) -> String {
+    format!("ins-bench{n:05}")
+}
+
+/// Binding `i` selects the nodes of group `i` (node n is in group n % bindings); even bindings target nodes,
+/// odd ones the pods of their namespace.
+fn pod_targeted(i: usize) -> bool {
+    i % 2 == 1
+}
+
+/// CPU seconds and resident memory of a process, from /proc.
+struct Proc {
+    pid: u32,
+    ticks_per_second: f64,
+}
+
+impl Proc {
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+        // Fields after the command name (which may contain spaces) start at ") ".
+        let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or_default();
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or_default();
+        (ticks(11) + ticks(12)) / self.ticks_per_second
+    }
+
+    fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    }
+}
+
+/// Samples the operator's RSS every 50 ms and keeps the peak per phase.
+#[derive(Clone, Default)]
+struct Peaks(Arc<Mutex<(String, BTreeMap<String, f64>)>>);
+
+impl Peaks {
+    fn phase(&self, name: &str) {
+        if let Ok(mut p) = self.0.lock() {
+            p.0 = name.to_owned();
+        }
+    }
+
+    fn sample(&self, mib: f64) {
+        if let Ok(mut p) = self.0.lock() {
+            let phase = p.0.clone();
+            let peak = p.1.entry(phase).or_default();
+            *peak = peak.max(mib);
+        }
+    }
+
+    fn get(&self, name: &str) -> f64 {
+        self.0.lock().ok().and_then(|p| p.1.get(name).copied()).unwrap_or_default()
+    }
+}
+
+struct Operator {
+    child: Child,
+    port: u16,
+}
+
+impl Operator {
+    fn start(kubeconfig: &std::path::Path, endpoint: &url::Url, log: &std::path::Path) -> Self {
+        let port = common::free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_clb-operator"))
+            .args(["run", "--clb-endpoint", endpoint.as_str(), "--concurrency", "16"])
+            .arg(format!("--http-addr=127.0.0.1:{port}"))
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .env("RUST_LOG", "info")
+            .env_remove("TENCENTCLOUD_SECRET_ID")
+            .env_remove("TENCENTCLOUD_SECRET_KEY")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).expect("operator log"))
+            .spawn()
+            .expect("start the operator");
+        Self { child, port }
+    }
+
+    async fn metrics(&self) -> String {
+        let url = format!("http://127.0.0.1:{}/metrics", self.port);
+        match reqwest::get(&url).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+/// Runs `n` futures made by `make` with bounded parallelism, failing on the first error.
+async fn parallel<F, Fut, T>(n: usize, make: F) -> Vec<T>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    stream::iter(0..n).map(make).buffer_unordered(PARALLEL).try_collect().await.expect("API call")
+}
+
+struct Bench {
+    size: Size,
+    client: Client,
+    emu: EmulatorHandle,
+    /// When each requestId was first seen Succeeded in a binding's status (ms since the epoch).
+    seen_done: Arc<Mutex<HashMap<u64, u64>>>,
+    failures: Vec<String>,
+}
+
+impl Bench {
+    fn ns(i: usize) -> String {
+        format!("bench-{i:03}")
+    }
+
+    fn group_nodes(&self, b: usize) -> Vec<usize> {
+        (0..self.size.nodes).filter(|n| n % self.size.bindings == b).collect()
+    }
+
+    fn check(&mut self, ok: bool, what: String) {
+        println!("  [{}] {what}", if ok { "ok" } else { "FAILED" });
+        if !ok {
+            self.failures.push(what);
+        }
+    }
+
+    async fn build_cluster(&self) {
+        let size = &self.size;
+        let c = self.emu.credentials();
+        let (id, key) = (c.secret_id().to_owned(), c.secret_key().to_owned());
+        parallel(size.bindings, |i| {
+            let client = self.client.clone();
+            let (id, key) = (id.clone(), key.clone());
+            async move {
+                let ns: Namespace =
+                    serde_json::from_value(json!({"metadata": {"name": Self::ns(i)}})).unwrap();
+                Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
+                let secret: Secret = serde_json::from_value(json!({
+                    "metadata": {"name": "clb-credentials"}, "stringData": {"secretId": id, "secretKey": key},
+                }))
+                .unwrap();
+                Api::<Secret>::namespaced(client, &Self::ns(i)).create(&PostParams::default(), &secret).await
+            }
+        })
+        .await;
+        let bindings = size.bindings;
+        parallel(size.nodes, |n| {
+            let api: Api<Node> = Api::all(self.client.clone());
+            async move {
+                let node: Node = serde_json::from_value(json!({
+                    "metadata": {"name": format!("bench-n{n:05}"), "labels": {"bench-group": format!("g{}", n % bindings)}},
+                    "spec": {"providerID": format!("qcloud:///100003/{}", instance(n))},
+                }))
+                .unwrap();
+                api.create(&PostParams::default(), &node).await
+            }
+        })
+        .await;
+        let per_group = size.nodes / bindings;
+        parallel(size.pods, |p| {
+            let b = p % bindings;
+            let node = b + bindings * ((p / bindings) % per_group);
+            let api: Api<Pod> = Api::namespaced(self.client.clone(), &Self::ns(b));
+            async move {
+                let name = format!("web-{p:05}");
+                let pod: Pod = serde_json::from_value(json!({
+                    "metadata": {"name": name, "labels": {"app": "web"}},
+                    "spec": {"nodeName": format!("bench-n{node:05}"), "containers": [{"name": "c", "image": "fake"}]},
+                }))
+                .unwrap();
+                api.create(&PostParams::default(), &pod).await?;
+                // No kubelet on these nodes: report the pod Ready as one would.
+                let ready = json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}});
+                api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&ready)).await
+            }
+        })
+        .await;
+    }
+
+    async fn create_bindings(&self) {
+        parallel(self.size.bindings, |i| {
+            let api: Api<ClbBackendBinding> = Api::namespaced(self.client.clone(), &Self::ns(i));
+            async move {
+                let targets = if pod_targeted(i) {
+                    json!({"podSelector": {"matchLabels": {"app": "web"}}})
+                } else {
+                    json!({"nodeSelector": {"matchLabels": {"bench-group": format!("g{i}")}}})
+                };
+                let b: ClbBackendBinding = serde_json::from_value(json!({
+                    "apiVersion": "clb.tke.dev/v1alpha1", "kind": "ClbBackendBinding", "metadata": {"name": "web"},
+                    "spec": {"loadBalancerId": lb(i), "region": "gz", "targets": targets,
+                             "credentialsSecretRef": {"name": "clb-credentials"}},
+                }))
+                .unwrap();
+                api.create(&PostParams::default(), &b).await
+            }
+        })
+        .await;
+    }
+
+    /// Waits until every binding is Ready with its expected number of registered backends.
+    async fn wait_all_ready(&self, expected: &BTreeMap<usize, usize>, timeout: Duration) -> bool {
+        let api: Api<ClbBackendBinding> = Api::all(self.client.clone());
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let list = api.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
+            let ready = list.iter().filter(|b| {
+                let i: usize =
+                    b.namespace().and_then(|n| n.strip_prefix("bench-")?.parse().ok()).unwrap_or(usize::MAX);
+                let s = b.status.clone().unwrap_or_default();
+                let is_ready = s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+                is_ready
+                    && expected.get(&i) == Some(&(s.registered as usize))
+                    && s.backends.len() == s.registered as usize
+            });
+            if ready.count() == expected.len() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    /// Watches every binding's status and notes when each task is first seen Succeeded.
+    fn watch_completions(&self) {
+        let api: Api<ClbBackendBinding> = Api::all(self.client.clone());
+        let seen = self.seen_done.clone();
+        tokio::spawn(async move {
+            let mut events =
+                std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff().applied_objects());
+            while let Some(Ok(b)) = events.next().await {
+                let at = now_ms();
+                let Ok(mut seen) = seen.lock() else { continue };
+                for t in b.status.iter().flat_map(|s| s.tasks.iter()) {
+                    if t.state == TaskState::Succeeded {
+                        seen.entry(t.request_id).or_insert(at);
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// One reaction measurement.
+struct Signal {
+    kind: &'static str,
+    instance: String,
+    at_ms: u64,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let size = if args.iter().any(|a| a == "--quick") { QUICK } else { FULL };
+    let repo = common::repo();
+    let out_dir = if size.name == "full" { repo.join("tests/bench") } else { repo.join("target/bench") };
+    std::fs::create_dir_all(&out_dir).unwrap();
+    println!(
+        "benchmark size {}: {} nodes, {} pods, {} bindings",
+        size.name, size.nodes, size.pods, size.bindings
+    );
+
+    // A control plane of its own, fresh, so the measurements see only this cluster.
+    let dir = repo.join(".testenv/bench");
+    let testenv = |cmd: &[&str]| {
+        let st = Command::new("bash")
+            .arg(repo.join("tests/testenv/testenv.sh"))
+            .args(cmd)
+            .env("TESTENV_DIR", &dir)
+            .status();
+        assert!(
+            st.is_ok_and(|s| s.success()),
+            "testenv.sh {cmd:?} failed; logs in {}",
+            dir.join("logs").display()
+        );
+    };
+    testenv(&["down"]);
+    testenv(&["up", "--with-kwok"]);
+    let kubeconfig = dir.join("kubeconfig");
+    let plane = common::Plane { kubeconfig: kubeconfig.clone(), logs: dir.join("logs") };
+    common::install_crds_into(&plane).expect("CRDs");
+    let client = common::client_for(&kubeconfig).await;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = EmulatorConfig {
+        faults: Faults { task_duration: TASK, ..Faults::default() },
+        load_balancers: (0..size.bindings)
+            .map(|i| SeedLoadBalancer { id: lb(i), instance_ids: vec![] })
+            .collect(),
+        ..EmulatorConfig::default()
+    };
+    let emu = emulator::spawn(config, listener).await.unwrap();
+    let mut bench =
+        Bench { size: size.clone(), client, emu, seen_done: Arc::default(), failures: Vec::new() };
+    let mut results: BTreeMap<&str, Value> = BTreeMap::new();
+
+    let t = Instant::now();
+    bench.build_cluster().await;
+    println!("cluster built in {:.1} s", t.elapsed().as_secs_f64());
+
+    let log = out_dir.join("operator.log");
+    let op = Operator::start(&kubeconfig, &bench.emu.endpoint(), &log);
+    let proc_ = Proc { pid: op.child.id(), ticks_per_second: ticks_per_second() };
+    let peaks = Peaks::default();
+    {
+        let (peaks, pid) = (peaks.clone(), proc_.pid);
+        std::thread::spawn(move || {
+            let p = Proc { pid, ticks_per_second: 100.0 };
+            loop {
+                peaks.sample(p.rss_mib());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+    }
+    peaks.phase("setup");
+    bench.watch_completions();
+    let per_group = size.nodes / size.bindings;
+    let mut expected: BTreeMap<usize, usize> = (0..size.bindings).map(|i| (i, per_group)).collect();
+    let setup_start = Instant::now();
+    bench.create_bindings().await;
+    let ok = bench.wait_all_ready(&expected, Duration::from_secs(600)).await;
+    let setup_secs = setup_start.elapsed().as_secs_f64();
+    bench.check(ok, format!("all {} bindings Ready with {} backends each", size.bindings, per_group));
+    let cpu_setup = proc_.cpu_seconds();
+    results.insert(
+        "setup",
+        json!({"seconds": setup_secs, "cpu_seconds": cpu_setup, "peak_rss_mib": peaks.get("setup")}),
+    );
+    println!(
+        "setup: {setup_secs:.1} s, operator cpu {cpu_setup:.2} s, peak rss {:.1} MiB",
+        peaks.get("setup")
+    );
+
+    // Reaction latency and completion overhead: isolated signals, one at a time, on distinct bindings.
+    peaks.phase("signals");
+    let nodes: Api<Node> = Api::all(bench.client.clone());
+    let mut signals = Vec::new();
+    let drain_bindings: Vec<usize> =
+        (0..size.bindings).filter(|i| !pod_targeted(*i)).take(DRAIN_NODES / per_group).collect();
+    let signal_bindings: Vec<usize> = (0..size.bindings).filter(|i| !drain_bindings.contains(i)).collect();
+    for k in 0..size.signals {
+        let b = signal_bindings[k % signal_bindings.len()];
+        let n = bench.group_nodes(b)[k / signal_bindings.len()];
+        let name = format!("bench-n{n:05}");
+        let kind = match (pod_targeted(b), k % 2) {
+            (true, _) => "last matching pod terminating",
+            (false, 0) => "drain taint added",
+            (false, _) => "node deleted",
+        };
+        let at_ms = match kind {
+            "drain taint added" => {
+                let taint = json!({"spec": {"taints": [{"key": "ToBeDeletedByClusterAutoscaler", "value": "1", "effect": "NoSchedule"}]}});
+                let at = now_ms();
+                nodes.patch(&name, &PatchParams::default(), &Patch::Merge(&taint)).await.unwrap();
+                at
+            }
+            "node deleted" => {
+                let at = now_ms();
+                nodes.delete(&name, &DeleteParams::default()).await.unwrap();
+                at
+            }
+            _ => {
+                let pods: Api<Pod> = Api::namespaced(bench.client.clone(), &Bench::ns(b));
+                let on_node = pods
+                    .list(&ListParams::default().fields(&format!("spec.nodeName={name}")))
+                    .await
+                    .unwrap()
+                    .items;
+                let (last, rest) = on_node.split_last().expect("pods on the node");
+                for p in rest {
+                    pods.delete(&p.name_any(), &DeleteParams::default()).await.unwrap();
+                }
+                let at = now_ms();
+                pods.delete(&last.name_any(), &DeleteParams::default()).await.unwrap();
+                at
+            }
+        };
+        *expected.get_mut(&b).unwrap() -= 1;
+        signals.push(Signal { kind, instance: instance(n), at_ms });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let ok = bench.wait_all_ready(&expected, Duration::from_secs(120)).await;
+    bench.check(ok, format!("{} signals all deregistered and the bindings Ready again", size.signals));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let state = bench.emu.state();
+    let seen_done = bench.seen_done.lock().map(|m| m.clone()).unwrap_or_default();
+    let (mut reaction, mut overhead, mut polls) = (Vec::new(), Vec::new(), Vec::new());
+    let mut by_kind: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut one_call_each = true;
+    for s in &signals {
+        let calls: Vec<_> = state
+            .calls_of(Action::DeregisterInstancesFromLoadBalancer)
+            .filter(|c| c.code == 0 && c.instance_ids.contains(&s.instance))
+            .collect();
+        one_call_each &= calls.len() == 1;
+        let Some(call) = calls.first() else { continue };
+        let r = call.at_ms.saturating_sub(s.at_ms) as f64;
+        reaction.push(r);
+        by_kind.entry(s.kind).or_default().push(r);
+        if let (Some(id), Some(task)) =
+            (call.request_id, call.request_id.and_then(|id| state.tasks.iter().find(|t| t.request_id == id)))
+        {
+            if let Some(seen) = seen_done.get(&id) {
+                overhead.push(seen.saturating_sub(task.due_at_ms) as f64);
+            }
+            polls.push(
+                state
+                    .calls_of(Action::DescribeLoadBalancersTaskResult)
+                    .filter(|c| c.request_id == Some(id))
+                    .count() as f64,
+            );
+        }
+    }
+    bench.check(one_call_each, "each signal produced exactly one Deregister for its instance".into());
+    for v in [&mut reaction, &mut overhead, &mut polls] {
+        v.sort_by(|a, b| a.total_cmp(b));
+    }
+    let summary = |v: &[f64]| json!({"n": v.len(), "p50": percentile(v, 50.0), "p95": percentile(v, 95.0), "p99": percentile(v, 99.0), "max": v.last()});
+    results.insert("reaction_ms", summary(&reaction));
+    results.insert(
+        "reaction_ms_by_signal",
+        json!(
+            by_kind
+                .iter()
+                .map(|(k, v)| {
+                    let mut v = v.clone();
+                    v.sort_by(|a, b| a.total_cmp(b));
+                    (k.to_string(), summary(&v))
+                })
+                .collect::<BTreeMap<_, _>>()
+        ),
+    );
+    results.insert("completion_overhead_ms", summary(&overhead));
+    results.insert("polls_per_1s_task", summary(&polls));
+    results.insert("reaction_samples_ms", json!(reaction));
+    println!("reaction ms: {}", results["reaction_ms"]);
+    println!("completion overhead ms: {}", results["completion_overhead_ms"]);
+    println!("polls per 1 s task: {}", results["polls_per_1s_task"]);
+    let cpu_signals = proc_.cpu_seconds() - cpu_setup;
+
+    // API economy: every node of ten node-targeted bindings (200 nodes) tainted at once.
+    peaks.phase("drain");
+    let calls_before = bench.emu.state().calls.len();
+    let drain_nodes: Vec<usize> = drain_bindings.iter().flat_map(|b| bench.group_nodes(*b)).collect();
+    let taint = json!({"spec": {"taints": [{"key": "karpenter.sh/disrupted", "value": "1", "effect": "NoSchedule"}]}});
+    let drain_start = Instant::now();
+    let cpu_before = proc_.cpu_seconds();
+    stream::iter(drain_nodes.clone())
+        .map(|n| {
+            let (nodes, taint) = (nodes.clone(), taint.clone());
+            async move {
+                nodes.patch(&format!("bench-n{n:05}"), &PatchParams::default(), &Patch::Merge(&taint)).await
+            }
+        })
+        .buffer_unordered(DRAIN_NODES)
+        .try_collect::<Vec<_>>()
+        .await
+        .expect("taints");
+    for b in &drain_bindings {
+        expected.insert(*b, 0);
+    }
+    let ok = bench.wait_all_ready(&expected, Duration::from_secs(120)).await;
+    let drain_secs = drain_start.elapsed().as_secs_f64();
+    bench.check(
+        ok,
+        format!("{} drained nodes gone from {} bindings", drain_nodes.len(), drain_bindings.len()),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let state = bench.emu.state();
+    let during: Vec<_> = state.calls[calls_before..].to_vec();
+    let deregisters: Vec<_> =
+        during.iter().filter(|c| c.action == Action::DeregisterInstancesFromLoadBalancer.as_str()).collect();
+    let drain_ids: Vec<u64> = deregisters.iter().filter_map(|c| c.request_id).collect();
+    let drain_polls =
+        during.iter().filter(|c| c.action == Action::DescribeLoadBalancersTaskResult.as_str()).count();
+    let ideal = drain_nodes.len().div_ceil(20);
+    bench.check(
+        deregisters.len() == ideal,
+        format!("{} Deregister calls for {} nodes (ideal {ideal})", deregisters.len(), drain_nodes.len()),
+    );
+    results.insert("drain", json!({
+        "nodes": drain_nodes.len(), "deregister_calls": deregisters.len(), "ideal_calls": ideal,
+        "polls_per_task": drain_polls as f64 / drain_ids.len().max(1) as f64, "total_calls": during.len(),
+        "seconds_to_all_ready": drain_secs, "cpu_seconds": proc_.cpu_seconds() - cpu_before, "peak_rss_mib": peaks.get("drain"),
+    }));
+    println!("drain: {}", results["drain"]);
+
+    // Idle.
+    peaks.phase("idle");
+    let cpu_before = proc_.cpu_seconds();
+    tokio::time::sleep(size.idle).await;
+    let idle_cpu = proc_.cpu_seconds() - cpu_before;
+    results.insert(
+        "idle",
+        json!({"seconds": size.idle.as_secs(), "cpu_seconds": idle_cpu,
+        "cpu_percent_of_core": 100.0 * idle_cpu / size.idle.as_secs_f64(), "rss_mib": proc_.rss_mib()}),
+    );
+    println!("idle: {}", results["idle"]);
+    results.insert(
+        "operator_peak_rss_mib",
+        json!(["setup", "signals", "drain", "idle"].iter().map(|p| peaks.get(p)).fold(0.0, f64::max)),
+    );
+    let _ = cpu_signals;
+
+    // Restart: everything is in sync; a new process must reach the same view without writing to the CLB.
+    let metrics_before = op.metrics().await;
+    let errors = metric(&metrics_before, "clb_operator_reconcile_errors_total");
+    bench.check(errors == 0.0, format!("no reconcile errors ({errors})"));
+    op.stop();
+    let registered_total: usize = expected.values().sum();
+    let calls_before = bench.emu.state().calls.len();
+    let restart_start = Instant::now();
+    let op = Operator::start(&kubeconfig, &bench.emu.endpoint(), &out_dir.join("operator-restart.log"));
+    let mut restart_secs = None;
+    while restart_start.elapsed() < Duration::from_secs(120) {
+        let m = op.metrics().await;
+        if metric(&m, "clb_operator_backends{state=\"Registered\"}") as usize == registered_total {
+            restart_secs = Some(restart_start.elapsed().as_secs_f64());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let writes = bench.emu.state().calls[calls_before..]
+        .iter()
+        .filter(|c| {
+            c.action == Action::DeregisterInstancesFromLoadBalancer.as_str()
+                || c.action == Action::RegisterInstancesWithLoadBalancer.as_str()
+        })
+        .count();
+    bench.check(
+        restart_secs.is_some(),
+        format!("restarted operator reconciled all {} bindings", size.bindings),
+    );
+    bench.check(writes == 0, format!("{writes} CLB write calls during the restart"));
+    results.insert(
+        "restart",
+        json!({"bindings": size.bindings, "backends": registered_total,
+        "seconds_to_all_reconciled": restart_secs, "clb_write_calls": writes}),
+    );
+    println!("restart: {}", results["restart"]);
+    let bad_codes = bench.emu.state().calls.iter().filter(|c| c.code != 0).count();
+    bench.check(bad_codes == 0, format!("{bad_codes} CLB calls answered with an error"));
+    op.stop();
+    testenv(&["down"]);
+
+    results.insert(
+        "size",
+        json!({"name": size.name, "nodes": size.nodes, "pods": size.pods, "bindings": size.bindings,
+        "signals": size.signals, "task_duration_ms": TASK.as_millis() as u64}),
+    );
+    let path = out_dir.join("results.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&results).unwrap()).unwrap();
+    println!("results: {}", path.display());
+    if size.name == "full" {
+        write_markdown(&out_dir, &results);
+    }
+    if !bench.failures.is_empty() {
+        eprintln!("benchmark invariants failed: {:?}", bench.failures);
+        std::process::exit(1);
+    }
+}
+
+fn ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Writes RESULTS.md next to results.json, and the latency CDF plot when python3 with matplotlib is there.
+fn write_markdown(dir: &std::path::Path, r: &BTreeMap<&str, Value>) {
+    let f = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.1}"));
+    let machine = format!(
+        "{} cores, {} GiB, {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| m.lines().next()?.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .map_or(0.0, |k| (k / 1048576.0).round()),
+        String::from_utf8_lossy(
+            &Command::new("rustc").arg("--version").output().map(|o| o.stdout).unwrap_or_default()
+        )
+        .trim(),
+    );
+    let s = &r["size"];
+    let rows = [
+        (
+            "reaction latency p50 / p95 / p99 (ms)",
+            format!(
+                "{} / {} / {}",
+                f(&r["reaction_ms"]["p50"]),
+                f(&r["reaction_ms"]["p95"]),
+                f(&r["reaction_ms"]["p99"])
+            ),
+            "p99 <= 50",
+        ),
+        (
+            "completion overhead p50 / p99 (ms)",
+            format!(
+                "{} / {}",
+                f(&r["completion_overhead_ms"]["p50"]),
+                f(&r["completion_overhead_ms"]["p99"])
+            ),
+            "p50 <= 150, p99 <= 300",
+        ),
+        (
+            "polls per 1 s task p50 / max",
+            format!("{} / {}", f(&r["polls_per_1s_task"]["p50"]), f(&r["polls_per_1s_task"]["max"])),
+            "<= 4",
+        ),
+        (
+            "Deregister calls, 200-node drain",
+            format!("{} (ideal {})", r["drain"]["deregister_calls"], r["drain"]["ideal_calls"]),
+            "= 10",
+        ),
+        (
+            "polls per task / total calls, 200-node drain",
+            format!("{} / {}", f(&r["drain"]["polls_per_task"]), r["drain"]["total_calls"]),
+            "-",
+        ),
+        ("operator peak RSS (MiB)", f(&r["operator_peak_rss_mib"]), "<= 64"),
+        (
+            "operator CPU s: setup / drain / idle 60 s",
+            format!(
+                "{} / {} / {}",
+                f(&r["setup"]["cpu_seconds"]),
+                f(&r["drain"]["cpu_seconds"]),
+                f(&r["idle"]["cpu_seconds"])
+            ),
+            "idle < 1% of a core",
+        ),
+        ("idle CPU (% of a core)", f(&r["idle"]["cpu_percent_of_core"]), "< 1"),
+        ("restart to all reconciled (s)", f(&r["restart"]["seconds_to_all_reconciled"]), "<= 5"),
+        ("CLB write calls during restart", r["restart"]["clb_write_calls"].to_string(), "= 0"),
+    ];
+    let mut md = format!(
+        "# Benchmark results\n\nGenerated by `cargo bench --bench operator` (see `tests/bench/operator.rs`); raw numbers in `results.json`, \
+         reaction-latency CDF in `latency-cdf.png`.\n\n- Machine: {machine}\n- Kubernetes v1.34.4 (kube-apiserver, etcd 3.6.16 on tmpfs, kwok 0.8.0), all on this machine\n\
+         - Size: {} nodes, {} pods, {} bindings ({} backends each); CLB emulator tasks take {} ms\n- Signals: {} isolated ones (node deleted, drain taint, last matching pod terminating), 300 ms apart\n\n\
+         | measure | result | goal |\n|---|---|---|\n",
+        s["nodes"],
+        s["pods"],
+        s["bindings"],
+        s["nodes"].as_u64().unwrap_or(0) / s["bindings"].as_u64().unwrap_or(1),
+        s["task_duration_ms"],
+        s["signals"]
+    );
+    for (what, value, goal) in rows {
+        md.push_str(&format!("| {what} | {value} | {goal} |\n"));
+    }
+    md.push_str(&format!("\nReaction latency by signal (ms): `{}`\n", r["reaction_ms_by_signal"]));
+    std::fs::write(dir.join("RESULTS.md"), md).unwrap();
+    let plot = Command::new("python3")
+        .arg(common::repo().join("tests/bench/plot.py"))
+        .arg(dir.join("results.json"))
+        .arg(dir.join("latency-cdf.png"))
+        .status();
+    if !plot.is_ok_and(|s| s.success()) {
+        eprintln!(
+            "no latency plot: tests/bench/plot.py needs python3 with matplotlib (pip install matplotlib)"
+        );
+    }
+}
