@@ -135,3 +135,19 @@ async fn metrics_show_the_work_done() {
     assert_eq!(sample(&text, "clb_operator_leader "), Some(1.0));
     assert!(!text.contains(&t.ns), "no object names in metric labels");
 }
+
+/// `--log-format json` writes one JSON object per line, with the message and fields.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clb-operator"))
+        .args(["--log-format", "json", "run", "--kubeconfig", "/nonexistent/kubeconfig"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> =
+        stderr.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    let failure = lines.iter().find(|l| l["message"] == "Operator failed").expect("an error line");
+    assert_eq!(failure["level"], "ERROR");
+    assert!(failure["error"].as_str().is_some_and(|e| e.contains("/nonexistent/kubeconfig")), "{failure}");
+}

@@ -8,9 +8,10 @@ use std::{
     sync::RwLock,
 };
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Node;
 use kube::{ResourceExt, runtime::reflector::ObjectRef};
 
+use super::slim::SlimPod;
 use crate::api::{ClbBackendBinding, ClbBackendBindingSpec};
 
 type Key = ObjectRef<ClbBackendBinding>;
@@ -112,7 +113,7 @@ impl BindingIndex {
     }
 
     /// Bindings a change to `pod` may affect: the pod-targeted bindings of its namespace.
-    pub fn for_pod(&self, pod: &Pod) -> Vec<Key> {
+    pub fn for_pod(&self, pod: &SlimPod) -> Vec<Key> {
         let Ok(inner) = self.inner.read() else {
             return Vec::new();
         };
@@ -175,8 +176,8 @@ mod tests {
         }
     }
 
-    fn pod(ns: &str) -> Pod {
-        Pod {
+    fn pod(ns: &str) -> SlimPod {
+        SlimPod {
             metadata: ObjectMeta { name: Some("p".into()), namespace: Some(ns.into()), ..Default::default() },
             ..Default::default()
         }

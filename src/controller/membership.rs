@@ -7,12 +7,13 @@ use std::{
 
 use jiff::Timestamp;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Node;
 use kube::{
     ResourceExt,
     core::{Selector, SelectorExt},
 };
 
+use super::slim::SlimPod;
 use crate::api::{
     ClbBackendBindingSpec, DrainPolicy, EXCLUSION_LABEL, INSTANCE_ID_ANNOTATION, TKE_INSTANCE_ID_LABEL,
 };
@@ -148,17 +149,14 @@ fn not_ready_since(node: &Node) -> Option<Timestamp> {
 }
 
 /// Whether a pod counts for a pod-targeted binding: scheduled, Ready, and not terminating.
-pub fn pod_serves(pod: &Pod) -> bool {
+pub fn pod_serves(pod: &SlimPod) -> bool {
     if pod.metadata.deletion_timestamp.is_some() {
         return false;
     }
-    let Some(status) = pod.status.as_ref() else {
-        return false;
-    };
-    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+    if matches!(pod.status.phase.as_deref(), Some("Succeeded" | "Failed")) {
         return false;
     }
-    status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True")
+    pod.status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
 /// Applies the membership rules of `spec` (a binding in `namespace`) to the cluster's nodes and pods.
@@ -167,7 +165,7 @@ pub fn compute<'a>(
     spec: &ClbBackendBindingSpec,
     namespace: &str,
     nodes: impl IntoIterator<Item = &'a Node>,
-    pods: impl IntoIterator<Item = &'a Pod>,
+    pods: impl IntoIterator<Item = &'a SlimPod>,
     now: Timestamp,
 ) -> Result<Membership, InvalidSelector> {
     let nodes: BTreeMap<String, &Node> = nodes.into_iter().map(|n| (n.name_any(), n)).collect();
@@ -180,7 +178,7 @@ pub fn compute<'a>(
         pods.into_iter()
             .filter(|p| p.namespace().as_deref() == Some(namespace))
             .filter(|p| selector.matches(p.labels()) && pod_serves(p))
-            .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+            .filter_map(|p| p.spec.node_name.clone())
             .collect()
     } else {
         BTreeSet::new()
@@ -223,7 +221,7 @@ mod tests {
     use super::*;
     use crate::api::{DeletionPolicy, Targets};
     use k8s_openapi::{
-        api::core::v1::{NodeSpec, PodCondition, PodSpec, PodStatus, Taint},
+        api::core::v1::{NodeSpec, Taint},
         apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time},
     };
 
@@ -239,24 +237,23 @@ mod tests {
         }
     }
 
-    fn pod(name: &str, ns: &str, node: &str, ready: bool) -> Pod {
-        Pod {
+    fn pod(name: &str, ns: &str, node: &str, ready: bool) -> SlimPod {
+        use crate::controller::slim::{SlimCondition, SlimPodSpec, SlimPodStatus};
+        SlimPod {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some(ns.into()),
                 labels: Some([("app".to_string(), "web".to_string())].into()),
                 ..Default::default()
             },
-            spec: Some(PodSpec { node_name: Some(node.into()), ..Default::default() }),
-            status: Some(PodStatus {
+            spec: SlimPodSpec { node_name: Some(node.into()) },
+            status: SlimPodStatus {
                 phase: Some("Running".into()),
-                conditions: Some(vec![PodCondition {
+                conditions: vec![SlimCondition {
                     type_: "Ready".into(),
                     status: if ready { "True" } else { "False" }.into(),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
+                }],
+            },
         }
     }
 

@@ -9,6 +9,7 @@ pub mod membership;
 pub mod plan;
 mod polls;
 pub mod reconcile;
+pub mod slim;
 pub mod status;
 
 use std::{
@@ -20,9 +21,7 @@ use std::{
 
 use anyhow::Context as _;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{
-    Node, NodeCondition, NodeSpec, NodeStatus, Pod, PodCondition, PodSpec, PodStatus,
-};
+use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::ListParams,
@@ -38,6 +37,7 @@ use kube::{
 use tracing::{info, warn};
 
 pub use polls::PollSchedule;
+use slim::SlimPod;
 
 use crate::{
     api::{
@@ -69,7 +69,7 @@ pub struct Caches {
     /// Trimmed cache of every node.
     pub nodes: Store<Node>,
     /// Trimmed cache of the pods in scope.
-    pub pods: Store<Pod>,
+    pub pods: Store<SlimPod>,
     /// When a change about each node was last seen.
     pub signals: Arc<SignalClock>,
 }
@@ -83,7 +83,7 @@ pub struct Context {
     /// Trimmed cache of every node.
     pub nodes: Store<Node>,
     /// Trimmed cache of the pods in scope.
-    pub pods: Store<Pod>,
+    pub pods: Store<SlimPod>,
     /// Which bindings each node and pod event concerns.
     pub index: BindingIndex,
     /// CLB client: one HTTP client and one set of rate limiters; region and credentials are set per binding.
@@ -421,7 +421,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     )
     .default_backoff()
     .touched_objects();
-    let pod_api: Api<Pod> = match &args.namespace {
+    let pod_api: Api<SlimPod> = match &args.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
@@ -429,8 +429,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let pod_signals = signals.clone();
     let pod_events = changes_only(
         reflector::reflector(pod_writer, watcher(pod_api, watcher::Config::default()).modify(trim_pod)),
-        move |pod: &Pod| {
-            if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
+        move |pod: &SlimPod| {
+            if let Some(node) = pod.spec.node_name.as_deref() {
                 pod_signals.saw(node);
             }
         },
@@ -597,26 +597,13 @@ fn trim_node(node: &mut Node) {
     });
 }
 
-/// Keeps only what membership needs of a pod: labels, node, deletion, phase and readiness.
-fn trim_pod(pod: &mut Pod) {
+/// Drops the metadata membership does not read from a (slim) pod.
+fn trim_pod(pod: &mut SlimPod) {
     let meta = &mut pod.metadata;
     meta.managed_fields = None;
     meta.owner_references = None;
     meta.annotations = None;
     meta.finalizers = None;
-    pod.spec = pod.spec.take().map(|s| PodSpec {
-        node_name: s.node_name,
-        containers: Vec::new(),
-        ..Default::default()
-    });
-    pod.status = pod.status.take().map(|s| PodStatus {
-        phase: s.phase,
-        conditions: s.conditions.map(|c| {
-            c.into_iter()
-                .filter(|c| c.type_ == "Ready")
-                .map(|c| PodCondition { type_: c.type_, status: c.status, ..Default::default() })
-                .collect()
-        }),
-        ..Default::default()
-    });
+    meta.generate_name = None;
+    pod.status.conditions.retain(|c| c.type_ == "Ready");
 }

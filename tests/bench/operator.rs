@@ -427,7 +427,7 @@ async fn main() {
         let b = signal_bindings[k % signal_bindings.len()];
         let n = bench.group_nodes(b)[k / signal_bindings.len()];
         let name = format!("bench-n{n:05}");
-        let kind = match (pod_targeted(b), k % 2) {
+        let kind = match (pod_targeted(b), (k / signal_bindings.len() + b / 2) % 2) {
             (true, _) => "last matching pod terminating",
             (false, 0) => "drain taint added",
             (false, _) => "node deleted",
