@@ -206,16 +206,18 @@ impl Context {
     }
 
     /// How long `key` should still hold back submissions: until no change to `nodes` has been seen for the
-    /// settle time, or five times that while a burst is on (changes on several of its nodes lately: a mass
-    /// drain reaches the API server over several hundred milliseconds), but no longer than twenty settle times in
-    /// all, so a node that changes constantly cannot starve the others. `None`: submit now.
+    /// settle time, or five times that during a burst (several nodes changed lately, cluster-wide: a mass drain
+    /// reaches the API server over several hundred milliseconds, and its first event looks isolated to the
+    /// binding it lands on), but no longer than twenty settle times in all, so a node that changes constantly
+    /// cannot starve the others. `None`: submit now.
     fn settle_wait<'n>(&self, key: &Key, nodes: impl IntoIterator<Item = &'n String>) -> Option<Duration> {
         let settle = self.settings.settle;
         let window = settle.saturating_mul(20);
         let recent: Vec<Instant> =
             nodes.into_iter().filter_map(|n| self.signals.last(n)).filter(|t| t.elapsed() < window).collect();
         let quiet = recent.iter().map(|t| t.elapsed()).min().unwrap_or(window);
-        let needed = if recent.len() > 1 { settle.saturating_mul(5) } else { settle };
+        let burst = recent.len() > 1 || self.signals.nodes_changed_within(settle.saturating_mul(5)) > 1;
+        let needed = if burst { settle.saturating_mul(5) } else { settle };
         let mut settling = self.settling.lock().ok()?;
         if quiet >= needed {
             settling.remove(key);
@@ -321,6 +323,11 @@ impl SignalClock {
     /// When a change about `node` was last seen.
     pub fn last(&self, node: &str) -> Option<Instant> {
         self.0.lock().ok()?.get(node).copied()
+    }
+
+    /// How many distinct nodes, cluster-wide, changed within `window`.
+    pub fn nodes_changed_within(&self, window: Duration) -> usize {
+        self.0.lock().map(|m| m.values().filter(|t| t.elapsed() < window).count()).unwrap_or(0)
     }
 }
 
@@ -548,11 +555,16 @@ fn object_key<K: Resource>(obj: &K) -> String {
     format!("{}/{}", obj.meta().namespace.as_deref().unwrap_or(""), obj.meta().name.as_deref().unwrap_or(""))
 }
 
-/// A digest of an object without its resourceVersion, so that only content changes count.
+/// A digest of an object without its resourceVersion and without the operator's own drained mark, so that only
+/// changes by others count (the mark is an output of membership, never an input).
 fn content_digest<K: Resource + serde::Serialize + Clone>(obj: &K) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut obj = obj.clone();
-    obj.meta_mut().resource_version = None;
+    let meta = obj.meta_mut();
+    meta.resource_version = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(DEREGISTERED_AT_ANNOTATION);
+    }
     let mut h = std::collections::hash_map::DefaultHasher::new();
     serde_json::to_vec(&obj).unwrap_or_default().hash(&mut h);
     h.finish()

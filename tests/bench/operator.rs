@@ -313,7 +313,9 @@ impl Bench {
         tokio::spawn(async move {
             let mut events =
                 std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff().applied_objects());
-            while let Some(Ok(b)) = events.next().await {
+            while let Some(event) = events.next().await {
+                // Watch errors are retried by the backoff; keep going.
+                let Ok(b) = event else { continue };
                 let at = now_ms();
                 let Ok(mut seen) = seen.lock() else { continue };
                 for t in b.status.iter().flat_map(|s| s.tasks.iter()) {
