@@ -385,7 +385,10 @@ async fn main() {
     bench.build_cluster().await;
     println!("cluster built in {:.1} s", t.elapsed().as_secs_f64());
 
-    let log = out_dir.join("operator.log");
+    // Logs stay out of the repository, whatever the size.
+    let logs = repo.join("target/bench");
+    std::fs::create_dir_all(&logs).unwrap();
+    let log = logs.join("operator.log");
     let op = Operator::start(&kubeconfig, &bench.emu.endpoint(), &log);
     let proc_ = Proc { pid: op.child.id(), ticks_per_second: ticks_per_second() };
     let peaks = Peaks::default();
@@ -597,7 +600,7 @@ async fn main() {
     let registered_total: usize = expected.values().sum();
     let calls_before = bench.emu.state().calls.len();
     let restart_start = Instant::now();
-    let op = Operator::start(&kubeconfig, &bench.emu.endpoint(), &out_dir.join("operator-restart.log"));
+    let op = Operator::start(&kubeconfig, &bench.emu.endpoint(), &logs.join("operator-restart.log"));
     let mut restart_secs = None;
     while restart_start.elapsed() < Duration::from_secs(120) {
         let m = op.metrics().await;

@@ -50,7 +50,7 @@ pub fn plane() -> &'static Plane {
             }
             None => start_plane()?,
         };
-        install_crds(&plane)?;
+        install_crds_into(&plane)?;
         Ok(plane)
     });
     match plane {
@@ -80,7 +80,7 @@ fn start_plane() -> Result<Plane, String> {
 
 /// Applies every CRD in `crds/` and waits until each is established. Runs on its own runtime because each
 /// `#[tokio::test]` has its own, and a client must not outlive the runtime it was made on.
-fn install_crds(plane: &Plane) -> Result<(), String> {
+pub fn install_crds_into(plane: &Plane) -> Result<(), String> {
     let kubeconfig = plane.kubeconfig.clone();
     std::thread::spawn(move || {
         let rt =
