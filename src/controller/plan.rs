@@ -69,7 +69,9 @@ pub fn retry_at(tasks: &[TaskRecord], action: TaskAction) -> Option<Timestamp> {
     let failures = 1 + finished.take_while(|t| t.state == TaskState::Failed).count() as u32;
     let delay = RETRY_INITIAL.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(RETRY_MAX);
     let since = newest.completed_at.as_ref().map(|t| t.0).unwrap_or(newest.submitted_at.0);
-    since.checked_add(delay).ok()
+    // Status times come back from the API server truncated to whole seconds; counting from the end of that
+    // second keeps every retry at least `delay` after the real failure.
+    since.checked_add(delay + Duration::from_secs(1)).ok()
 }
 
 #[cfg(test)]
@@ -167,14 +169,14 @@ mod tests {
         use TaskState::*;
         assert_eq!(retry_at(&[], Deregister), None);
         let t = |s| Timestamp::from_second(s).unwrap();
-        assert_eq!(retry_at(&[task(Deregister, Failed, 100)], Deregister), Some(t(102)));
+        assert_eq!(retry_at(&[task(Deregister, Failed, 100)], Deregister), Some(t(103)));
         let history =
             [task(Deregister, Failed, 100), task(Register, Succeeded, 90), task(Deregister, Failed, 80)];
-        assert_eq!(retry_at(&history, Deregister), Some(t(104)));
+        assert_eq!(retry_at(&history, Deregister), Some(t(105)));
         assert_eq!(retry_at(&history, Register), None);
         let recovered = [task(Deregister, Succeeded, 100), task(Deregister, Failed, 80)];
         assert_eq!(retry_at(&recovered, Deregister), None);
         let many: Vec<_> = (0..30).map(|i| task(Deregister, Failed, 1000 - i)).collect();
-        assert_eq!(retry_at(&many, Deregister), Some(t(1300)));
+        assert_eq!(retry_at(&many, Deregister), Some(t(1301)));
     }
 }
