@@ -13,7 +13,7 @@ pub mod slim;
 pub mod status;
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -21,7 +21,6 @@ use std::{
 
 use anyhow::Context as _;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::ListParams,
@@ -37,13 +36,10 @@ use kube::{
 use tracing::{info, warn};
 
 pub use polls::PollSchedule;
-use slim::SlimPod;
+use slim::{SlimNode, SlimPod};
 
 use crate::{
-    api::{
-        ClbBackendBinding, ClbBackendBindingStatus, DEREGISTERED_AT_ANNOTATION, INSTANCE_ID_ANNOTATION,
-        MANAGER,
-    },
+    api::{ClbBackendBinding, ClbBackendBindingStatus, DEREGISTERED_AT_ANNOTATION, MANAGER},
     clb::{ClbClient, ClientConfig, Credentials, PollBackoff},
     metrics::Metrics,
 };
@@ -67,7 +63,7 @@ pub struct Caches {
     /// The controller's cache of bindings (to see which other bindings own a node).
     pub bindings: Store<ClbBackendBinding>,
     /// Trimmed cache of every node.
-    pub nodes: Store<Node>,
+    pub nodes: Store<SlimNode>,
     /// Trimmed cache of the pods in scope.
     pub pods: Store<SlimPod>,
     /// When a change about each node was last seen.
@@ -81,7 +77,7 @@ pub struct Context {
     /// The bindings in scope (the controller's own cache).
     pub bindings: Store<ClbBackendBinding>,
     /// Trimmed cache of every node.
-    pub nodes: Store<Node>,
+    pub nodes: Store<SlimNode>,
     /// Trimmed cache of the pods in scope.
     pub pods: Store<SlimPod>,
     /// Which bindings each node and pod event concerns.
@@ -365,7 +361,7 @@ pub struct RunArgs {
     /// Quiet time a binding waits after the last change to its nodes or pods before it submits, so that a mass
     /// drain becomes a few full batches instead of many small calls (five times this during a burst, twenty at
     /// most).
-    #[arg(long, default_value = "30ms", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
     pub settle: Duration,
     /// Hold a coordination.k8s.io Lease so that only one replica reconciles (for more than one replica).
     #[arg(long, env = "LEADER_ELECT")]
@@ -422,9 +418,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let node_events = changes_only(
         reflector::reflector(
             node_writer,
-            watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).modify(trim_node),
+            watcher(Api::<SlimNode>::all(client.clone()), watcher::Config::default()).modify(forget_version),
         ),
-        move |node: &Node| node_signals.saw(&node.name_any()),
+        move |node: &SlimNode| node_signals.saw(&node.name_any()),
     )
     .default_backoff()
     .touched_objects();
@@ -435,7 +431,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (pods, pod_writer) = reflector::store();
     let pod_signals = signals.clone();
     let pod_events = changes_only(
-        reflector::reflector(pod_writer, watcher(pod_api, watcher::Config::default()).modify(trim_pod)),
+        reflector::reflector(pod_writer, watcher(pod_api, watcher::Config::default()).modify(forget_version)),
         move |pod: &SlimPod| {
             if let Some(node) = pod.spec.node_name.as_deref() {
                 pod_signals.saw(node);
@@ -515,7 +511,7 @@ pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result
 /// Passes on deletions and the updates that change what membership reads (the trimmed object), and drops the
 /// rest: node heartbeats and pod status churn would otherwise wake every binding that looks at those objects.
 /// The stores behind it still see every event.
-/// `on_change` is told about every change that passes.
+/// `on_change` is told about the changes that are signals (see [`ChangeFilter`]).
 fn changes_only<K, S>(
     events: S,
     on_change: impl Fn(&K) + Send + 'static,
@@ -524,35 +520,75 @@ where
     K: Resource + serde::Serialize + Clone + Send + 'static,
     S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
 {
-    let seen: Mutex<HashMap<String, u64>> = Mutex::default();
+    let filter = Mutex::new(ChangeFilter::default());
     events.filter(move |event| {
-        let keep = match event {
+        let seen = match event {
             Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => {
-                let digest = content_digest(obj);
-                let changed = seen
-                    .lock()
-                    .map(|mut s| s.insert(object_key(obj), digest) != Some(digest))
-                    .unwrap_or(true);
-                if changed {
-                    on_change(obj);
-                }
-                changed
+                filter.lock().map(|mut f| f.applied(obj)).unwrap_or(Seen::Signal).then_signal(obj, &on_change)
             }
             Ok(watcher::Event::Delete(obj)) => {
-                if let Ok(mut s) = seen.lock() {
-                    s.remove(&object_key(obj));
-                }
-                on_change(obj);
-                true
+                filter.lock().map(|mut f| f.deleted(obj)).unwrap_or(Seen::Signal).then_signal(obj, &on_change)
             }
-            _ => true,
+            _ => Seen::Change,
         };
-        std::future::ready(keep)
+        std::future::ready(seen != Seen::Nothing)
     })
 }
 
-fn object_key<K: Resource>(obj: &K) -> String {
-    format!("{}/{}", obj.meta().namespace.as_deref().unwrap_or(""), obj.meta().name.as_deref().unwrap_or(""))
+/// What an event about an object amounts to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Seen {
+    /// Nothing membership reads changed.
+    Nothing,
+    /// A change, but not a signal: the object was already leaving (deletionTimestamp set), so it stopped
+    /// counting when that was seen and nothing it does until it is gone can change membership again. Kwok or a
+    /// kubelet finishing a pod's termination must not restart the settle time of the signal that mattered.
+    Change,
+    /// A change that can move an instance in or out: the settle time counts from here.
+    Signal,
+}
+
+impl Seen {
+    fn then_signal<K>(self, obj: &K, on_change: &impl Fn(&K)) -> Self {
+        if self == Self::Signal {
+            on_change(obj);
+        }
+        self
+    }
+}
+
+/// Remembers, per object, a digest of what membership reads and whether the object was already leaving.
+/// Objects are keyed by a 64-bit hash of namespace and name, so 20,000 pods cost no strings. A collision (odds
+/// about 1e-11 at that size) can never hide a change, because the digests cover the names: at worst it wakes
+/// a binding needlessly or counts a signal as a plain change, which only shortens a settle wait.
+#[derive(Default)]
+struct ChangeFilter {
+    seen: HashMap<u64, (u64, bool)>,
+}
+
+impl ChangeFilter {
+    fn applied<K: Resource + serde::Serialize + Clone>(&mut self, obj: &K) -> Seen {
+        let now = (content_digest(obj), obj.meta().deletion_timestamp.is_some());
+        match self.seen.insert(object_key(obj), now) {
+            Some(before) if before.0 == now.0 => Seen::Nothing,
+            Some((_, true)) => Seen::Change,
+            _ => Seen::Signal,
+        }
+    }
+
+    fn deleted<K: Resource>(&mut self, obj: &K) -> Seen {
+        match self.seen.remove(&object_key(obj)) {
+            Some((_, true)) => Seen::Change,
+            _ => Seen::Signal,
+        }
+    }
+}
+
+fn object_key<K: Resource>(obj: &K) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (&obj.meta().namespace, &obj.meta().name).hash(&mut h);
+    h.finish()
 }
 
 /// A digest of an object without its resourceVersion and without the operator's own drained mark, so that only
@@ -564,58 +600,71 @@ fn content_digest<K: Resource + serde::Serialize + Clone>(obj: &K) -> u64 {
     meta.resource_version = None;
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.remove(DEREGISTERED_AT_ANNOTATION);
+        // A node whose only annotation was the mark must hash like one that never had annotations.
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
     }
     let mut h = std::collections::hash_map::DefaultHasher::new();
     serde_json::to_vec(&obj).unwrap_or_default().hash(&mut h);
     h.finish()
 }
 
-/// Keeps only what membership needs of a node, so that a large cluster's node cache stays small.
-fn trim_node(node: &mut Node) {
-    let meta = &mut node.metadata;
-    meta.managed_fields = None;
-    meta.owner_references = None;
-    meta.annotations = meta
-        .annotations
-        .take()
-        .map(|a| {
-            a.into_iter()
-                .filter(|(k, _)| k == INSTANCE_ID_ANNOTATION || k == DEREGISTERED_AT_ANNOTATION)
-                .collect::<BTreeMap<_, _>>()
-        })
-        .filter(|a| !a.is_empty());
-    node.spec = node.spec.take().map(|s| NodeSpec {
-        provider_id: s.provider_id,
-        taints: s.taints,
-        unschedulable: s.unschedulable,
-        ..Default::default()
-    });
-    // Only the Ready condition's state and transition time: heartbeat times would make every status update
-    // look like a change.
-    node.status = node.status.take().and_then(|s| s.conditions).map(|conditions| NodeStatus {
-        conditions: Some(
-            conditions
-                .into_iter()
-                .filter(|c| c.type_ == "Ready")
-                .map(|c| NodeCondition {
-                    type_: c.type_,
-                    status: c.status,
-                    last_transition_time: c.last_transition_time,
-                    ..Default::default()
-                })
-                .collect(),
-        ),
-        ..Default::default()
-    });
+/// Drops the resourceVersion of a cached node or pod once the watcher has taken it (it resumes from the
+/// newest one it saw): nothing reads it from the cache, and the store would otherwise keep it twice per object.
+fn forget_version<K: Resource>(obj: &mut K) {
+    obj.meta_mut().resource_version = None;
 }
 
-/// Drops the metadata membership does not read from a (slim) pod.
-fn trim_pod(pod: &mut SlimPod) {
-    let meta = &mut pod.metadata;
-    meta.managed_fields = None;
-    meta.owner_references = None;
-    meta.annotations = None;
-    meta.finalizers = None;
-    meta.generate_name = None;
-    pod.status.conditions.retain(|c| c.type_ == "Ready");
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::apis::meta::v1::Time};
+
+    use super::*;
+
+    fn node(annotations: &[(&str, &str)]) -> Node {
+        let mut node = Node::default();
+        node.metadata.name = Some("node-a".into());
+        node.metadata.resource_version = Some("1".into());
+        if !annotations.is_empty() {
+            node.metadata.annotations =
+                Some(annotations.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect());
+        }
+        node
+    }
+
+    /// The operator's own drained mark is not a change, whether or not the node had other annotations; a
+    /// regression here made every mark look like a second changed node and slowed the next signal down.
+    #[test]
+    fn the_drained_mark_does_not_change_the_digest() {
+        let mark = (DEREGISTERED_AT_ANNOTATION, "2026-11-29T07:00:00Z");
+        let other = ("team", "web");
+        assert_eq!(content_digest(&node(&[])), content_digest(&node(&[mark])));
+        assert_eq!(content_digest(&node(&[other])), content_digest(&node(&[other, mark])));
+        let mut newer = node(&[mark]);
+        newer.metadata.resource_version = Some("2".into());
+        assert_eq!(content_digest(&node(&[])), content_digest(&newer));
+        assert_ne!(content_digest(&node(&[])), content_digest(&node(&[other])));
+    }
+
+    /// Only changes that can move an instance are signals; a leaving object's later updates and its deletion
+    /// are changes (a reconcile) but not signals. An object deleted at once (no update with a deletionTimestamp
+    /// seen first) is a signal.
+    #[test]
+    fn a_leaving_object_signals_once() {
+        let mut f = ChangeFilter::default();
+        let a = node(&[]);
+        assert_eq!(f.applied(&a), Seen::Signal, "first sight");
+        assert_eq!(f.applied(&a), Seen::Nothing, "same content");
+        let mut leaving = a.clone();
+        leaving.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+        assert_eq!(f.applied(&leaving), Seen::Signal, "starts leaving");
+        let mut later = leaving.clone();
+        later.metadata.labels = Some([("x".to_owned(), "y".to_owned())].into());
+        assert_eq!(f.applied(&later), Seen::Change, "changes while leaving");
+        assert_eq!(f.deleted(&later), Seen::Change, "gone after leaving");
+        assert_eq!(f.applied(&a), Seen::Signal, "a new object of the same name");
+        assert_eq!(f.deleted(&a), Seen::Signal, "deleted at once");
+        assert_eq!(f.deleted(&a), Seen::Signal, "deleted, never seen");
+    }
 }

@@ -134,7 +134,7 @@ impl<'a> Sync<'a> {
         let membership = match membership::compute(
             spec,
             &self.namespace(),
-            nodes.iter().map(|n| n.as_ref()),
+            nodes.iter().map(|n| &n.0),
             pods.iter().map(|p| p.as_ref()),
             self.now,
         ) {
