@@ -41,21 +41,26 @@ impl Drop for Operator {
     }
 }
 
+/// The operator's arguments for a test: the shipped defaults (so the tests run the settle time, batch size and
+/// backoffs users get), pointed at the test's cluster, namespace and emulator.
 pub fn run_args(t: &TestNs, emu: &EmulatorHandle) -> RunArgs {
+    #[derive(clap::Parser)]
+    struct Defaults {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+    let Defaults { run } = <Defaults as clap::Parser>::parse_from(["clb-operator"]);
     RunArgs {
         kubeconfig: Some(t.plane.kubeconfig.clone()),
         namespace: Some(t.ns.clone()),
         clb_endpoint: emu.endpoint(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
         concurrency: 4,
-        batch_size: 20,
         rate_limit: 50,
-        resync: Duration::from_secs(300),
-        settle: Duration::from_millis(30),
         leader_elect: false,
         leader_election_namespace: t.ns.clone(),
         leader_election_lease: "clb-operator".into(),
-        lease_duration: Duration::from_secs(15),
+        ..run
     }
 }
 
