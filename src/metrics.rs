@@ -61,8 +61,14 @@ pub struct Metrics {
     backends: Family<StateLabel, Gauge>,
     deregistration_latency: Histogram,
     leader: Gauge,
+    cached_objects: Family<KindLabel, Gauge>,
+    /// Counts the caches' objects when metrics are read (a store has no change hook to count them as they come).
+    cache_sizes: Mutex<Option<CacheSizes>>,
     per_binding: Mutex<HashMap<String, BindingCounts>>,
 }
+
+/// Reports how many objects each cache holds, by kind.
+pub type CacheSizes = Box<dyn Fn() -> Vec<(&'static str, usize)> + Send + Sync>;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -89,6 +95,8 @@ impl Metrics {
             backends: Family::default(),
             deregistration_latency: Histogram::new(latency_buckets()),
             leader: Gauge::default(),
+            cached_objects: Family::default(),
+            cache_sizes: Mutex::default(),
             per_binding: Mutex::default(),
             registry: Registry::default(),
         };
@@ -126,11 +134,32 @@ impl Metrics {
             m.deregistration_latency.clone(),
         );
         registry.register("leader", "1 while this replica holds the leader lease", m.leader.clone());
+        registry.register(
+            "cached_objects",
+            "Objects in the operator's caches, by kind (pods only of namespaces with a pod-targeted binding)",
+            m.cached_objects.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// Sets what reports the caches' sizes for `cached_objects`.
+    pub fn count_caches(&self, sizes: CacheSizes) {
+        if let Ok(mut s) = self.cache_sizes.lock() {
+            *s = Some(sizes);
+        }
     }
 
     /// The metrics in OpenMetrics text format.
     pub fn encode(&self) -> String {
+        if let Ok(sizes) = self.cache_sizes.lock()
+            && let Some(sizes) = sizes.as_ref()
+        {
+            for (kind, n) in sizes() {
+                self.cached_objects
+                    .get_or_create(&KindLabel { kind })
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -216,6 +245,7 @@ mod tests {
         );
         m.set_binding("a/c".into(), Some(BindingCounts { registered: 3, ..Default::default() }));
         m.deregistered(Duration::from_millis(250));
+        m.count_caches(Box::new(|| vec![("node", 7), ("pod", 0)]));
         let text = m.encode();
         for line in [
             "clb_operator_reconciles_total 2",
@@ -225,6 +255,8 @@ mod tests {
             "clb_operator_backends{state=\"Registered\"} 5",
             "clb_operator_tasks_in_flight 1",
             "clb_operator_deregistration_latency_seconds_count 1",
+            "clb_operator_cached_objects{kind=\"node\"} 7",
+            "clb_operator_cached_objects{kind=\"pod\"} 0",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

@@ -6,13 +6,19 @@ mod common;
 use std::time::Duration;
 
 use clb_operator::{
-    api::{TaskAction, TaskState},
+    api::{ClbBackendBinding, TaskAction, TaskState},
     clb::Action,
     emulator::Faults,
 };
 use common::{OperatorProcess, eventually, free_port, scenario::*};
-use k8s_openapi::api::{coordination::v1::Lease, core::v1::Node};
-use kube::{Api, api::DeleteParams};
+use k8s_openapi::api::{
+    coordination::v1::Lease,
+    core::v1::{Node, Pod},
+};
+use kube::{
+    Api,
+    api::{DeleteParams, Patch, PatchParams},
+};
 use serde_json::json;
 
 async fn get(url: &str) -> Option<(u16, String)> {
@@ -134,6 +140,60 @@ async fn metrics_show_the_work_done() {
     assert_eq!(sample(&text, "clb_operator_backends{state=\"Registered\"}"), Some(1.0), "{text}");
     assert_eq!(sample(&text, "clb_operator_leader "), Some(1.0));
     assert!(!text.contains(&t.ns), "no object names in metric labels");
+}
+
+/// The pod cache holds pods only while a binding in their namespace targets pods: none before, all of the
+/// namespace's once one does, none again when it turns to nodes, and all again when it turns back; the binding
+/// is reconciled correctly through each change of scope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_are_cached_only_for_pod_targeted_bindings() {
+    let (t, emu) = setup("pod-scope").await;
+    let tok = token_suffix();
+    let nodes = nodes(&t, &tok, 2).await;
+    let (a, b) = (nodes[0].0.as_str(), nodes[1].0.as_str());
+    ready_pods(&t, &[("web-0", a), ("web-1", a), ("web-2", b)]).await;
+    let port = free_port();
+    let addr = format!("--http-addr=127.0.0.1:{port}");
+    let _op = OperatorProcess::start(&t, &emu.endpoint(), &[addr.as_str()], &[]);
+    let base = format!("http://127.0.0.1:{port}");
+    eventually(WAIT, "/readyz ok", || async {
+        get(&format!("{base}/readyz")).await.filter(|(c, _)| *c == 200)
+    })
+    .await;
+    let cached = |kind: &'static str| {
+        let base = base.clone();
+        async move {
+            let text = get(&format!("{base}/metrics")).await?.1;
+            sample(&text, &format!("clb_operator_cached_objects{{kind=\"{kind}\"}}"))
+        }
+    };
+    let cached_pods = async |want: f64, what: &str| {
+        eventually(WAIT, what, || async { cached("pod").await.filter(|n| *n == want) }).await;
+    };
+    assert!(cached("node").await.is_some_and(|n| n >= 2.0), "nodes are cached");
+    assert_eq!(cached("pod").await, Some(0.0), "no binding targets pods: no pod is cached");
+
+    binding(&t, "web", LB, true, json!({})).await;
+    wait_ready_with(&t, "web", &ids(&nodes)).await;
+    cached_pods(3.0, "the namespace's 3 pods cached").await;
+
+    let api: Api<ClbBackendBinding> = t.api();
+    let to_nodes = json!({"spec": {"targets": {"podSelector": null, "nodeSelector": {"matchLabels": {"clb-test": t.ns}}}}});
+    api.patch("web", &PatchParams::default(), &Patch::Merge(&to_nodes)).await.unwrap();
+    cached_pods(0.0, "the pods let go once the binding targets nodes").await;
+    wait_ready_with(&t, "web", &ids(&nodes)).await;
+
+    // Back to pods, with node A's pods gone meanwhile: the new list must see that.
+    let pods: Api<Pod> = t.api();
+    for name in ["web-0", "web-1"] {
+        pods.delete(name, &DeleteParams::default().grace_period(0)).await.unwrap();
+    }
+    let to_pods =
+        json!({"spec": {"targets": {"nodeSelector": null, "podSelector": {"matchLabels": {"app": "web"}}}}});
+    api.patch("web", &PatchParams::default(), &Patch::Merge(&to_pods)).await.unwrap();
+    wait_ready_with(&t, "web", &ids(&nodes[1..])).await;
+    cached_pods(1.0, "the one remaining pod cached").await;
+    assert_eq!(deregister_calls(&emu), [vec![nodes[0].1.clone()]], "node A left once its pods were gone");
 }
 
 /// `--log-format json` writes one JSON object per line, with the message and fields.

@@ -68,19 +68,9 @@ async fn pod_targets_deregister_a_node_whose_pods_all_terminate() {
     let (t, emu) = setup("pod-targets").await;
     let tok = token_suffix();
     let nodes = nodes(&t, &tok, 2).await;
+    let (a, b) = (nodes[0].0.as_str(), nodes[1].0.as_str());
+    ready_pods(&t, &[("web-0", a), ("web-1", a), ("web-2", b)]).await;
     let pods: Api<Pod> = t.api();
-    for (i, node) in [0, 0, 1].into_iter().enumerate() {
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": format!("web-{i}"), "labels": {"app": "web"}},
-            "spec": {"nodeName": nodes[node].0, "containers": [{"name": "c", "image": "fake"}]},
-        }))
-        .unwrap();
-        pods.create(&PostParams::default(), &pod).await.unwrap();
-        // No kubelet here: report the pod Running and Ready the way a kubelet would.
-        let ready =
-            json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}});
-        pods.patch_status(&format!("web-{i}"), &PatchParams::default(), &Patch::Merge(&ready)).await.unwrap();
-    }
     let _op = start_operator(&t, &emu);
     binding(&t, "web", LB, true, json!({})).await;
     wait_ready_with(&t, "web", &ids(&nodes)).await;

@@ -37,6 +37,12 @@ pub enum Error {
     /// The caches went away before they synced, so the operator is shutting down.
     #[error("the node and pod caches are gone")]
     CacheClosed,
+    /// The pod cache has not finished listing the binding's namespace (new to it) in time; retried.
+    #[error("the pod cache is still listing namespace {namespace}")]
+    PodCacheListing {
+        /// The binding's namespace.
+        namespace: String,
+    },
     /// The object is missing something the API server guarantees (a name or namespace).
     #[error("malformed object: {0}")]
     Malformed(&'static str),
@@ -55,6 +61,7 @@ impl Error {
             Self::DeletionPending { .. } => "deletion_pending",
             Self::Malformed(_) => "malformed",
             Self::CacheClosed => "cache_closed",
+            Self::PodCacheListing { .. } => "pod_cache_listing",
             Self::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.kind(),

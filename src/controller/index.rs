@@ -122,11 +122,6 @@ impl BindingIndex {
             .map(|keys| keys.iter().cloned().collect())
             .unwrap_or_default()
     }
-
-    /// Whether any binding targets pods; the pod watch matters only then.
-    pub fn any_pod_targeted(&self) -> bool {
-        self.inner.read().map(|i| !i.by_namespace.is_empty()).unwrap_or(true)
-    }
 }
 
 impl Inner {
@@ -223,11 +218,10 @@ mod tests {
         assert!(idx.for_node(&node("n7", &[("role", "cache")])).is_empty());
         assert_eq!(sorted(idx.for_pod(&pod("shop"))), ["pods"]);
         assert!(idx.for_pod(&pod("other")).is_empty());
-        assert!(idx.any_pod_targeted());
 
         idx.remove(&key("pods"));
         assert!(idx.for_node(&node("n2", &[])).is_empty());
-        assert!(!idx.any_pod_targeted());
+        assert!(idx.for_pod(&pod("shop")).is_empty());
     }
 
     /// A selector without matchLabels cannot be indexed by label, so every node event is a candidate for it.

@@ -7,13 +7,14 @@ pub mod index;
 pub mod leader;
 pub mod membership;
 pub mod plan;
+pub mod pods;
 mod polls;
 pub mod reconcile;
 pub mod slim;
 pub mod status;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -35,6 +36,7 @@ use kube::{
 };
 use tracing::{info, warn};
 
+use pods::PodScope;
 pub use polls::PollSchedule;
 use slim::{SlimNode, SlimPod};
 
@@ -66,6 +68,8 @@ pub struct Caches {
     pub nodes: Store<SlimNode>,
     /// Trimmed cache of the pods in scope.
     pub pods: Store<SlimPod>,
+    /// Which namespaces' pods the pod cache holds.
+    pub pod_scope: Arc<PodScope>,
     /// When a change about each node was last seen.
     pub signals: Arc<SignalClock>,
 }
@@ -78,8 +82,10 @@ pub struct Context {
     pub bindings: Store<ClbBackendBinding>,
     /// Trimmed cache of every node.
     pub nodes: Store<SlimNode>,
-    /// Trimmed cache of the pods in scope.
+    /// Trimmed cache of the pods of the namespaces in `pod_scope`.
     pub pods: Store<SlimPod>,
+    /// Which namespaces' pods the pod cache holds: those with a pod-targeted binding.
+    pub pod_scope: Arc<PodScope>,
     /// Which bindings each node and pod event concerns.
     pub index: BindingIndex,
     /// CLB client: one HTTP client and one set of rate limiters; region and credentials are set per binding.
@@ -124,7 +130,7 @@ impl Context {
         settings: Settings,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let Caches { bindings, nodes, pods, signals } = caches;
+        let Caches { bindings, nodes, pods, pod_scope, signals } = caches;
         let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
@@ -132,6 +138,7 @@ impl Context {
             bindings,
             nodes,
             pods,
+            pod_scope,
             index: BindingIndex::default(),
             clb,
             default_credentials,
@@ -244,8 +251,20 @@ impl Context {
         }
     }
 
+    /// The namespaces whose pods the bindings in the cache need, leaving out `except` (a binding going away).
+    pub fn pod_namespaces(&self, except: Option<&Key>) -> BTreeSet<String> {
+        self.bindings
+            .state()
+            .iter()
+            .filter(|b| b.spec.targets.pod_selector.is_some())
+            .filter(|b| except.is_none_or(|key| *key != ObjectRef::from_obj(b.as_ref())))
+            .filter_map(|b| b.namespace())
+            .collect()
+    }
+
     /// Forgets everything about a binding that is going away.
     fn forget(&self, key: &Key) {
+        self.pod_scope.want(self.pod_namespaces(Some(key)));
         self.metrics.set_binding(key.to_string(), None);
         self.index.remove(key);
         self.failures_reset(key);
@@ -413,6 +432,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     )?;
 
     let signals = Arc::new(SignalClock::default());
+    // Lists that come back without objects seen before ask for every binding to be looked at again.
+    let (gone_tx, gone_rx) = futures::channel::mpsc::unbounded::<()>();
+    let gone = move || {
+        let _ = gone_tx.unbounded_send(());
+    };
     let (nodes, node_writer) = reflector::store();
     let node_signals = signals.clone();
     let node_events = changes_only(
@@ -421,6 +445,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             watcher(Api::<SlimNode>::all(client.clone()), watcher::Config::default()).modify(forget_version),
         ),
         move |node: &SlimNode| node_signals.saw(&node.name_any()),
+        gone.clone(),
     )
     .default_backoff()
     .touched_objects();
@@ -428,15 +453,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
+    let pod_scope = Arc::new(PodScope::default());
     let (pods, pod_writer) = reflector::store();
     let pod_signals = signals.clone();
     let pod_events = changes_only(
-        reflector::reflector(pod_writer, watcher(pod_api, watcher::Config::default()).modify(forget_version)),
+        reflector::reflector(
+            pod_writer,
+            pod_scope
+                .events(move || watcher(pod_api.clone(), watcher::Config::default()).boxed())
+                .modify(forget_version),
+        ),
         move |pod: &SlimPod| {
             if let Some(node) = pod.spec.node_name.as_deref() {
                 pod_signals.saw(node);
             }
         },
+        gone,
     )
     .default_backoff()
     .touched_objects();
@@ -459,20 +491,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     .with_observer(metrics.clb_observer());
     let settings = Settings { resync: args.resync, poll: PollBackoff::default(), settle: args.settle };
     let controller = Controller::new(bindings, watcher::Config::default().any_semantic());
-    let caches = Caches { bindings: controller.store(), nodes: nodes.clone(), pods: pods.clone(), signals };
+    {
+        let (nodes, pods) = (nodes.clone(), pods.clone());
+        metrics.count_caches(Box::new(move || vec![("node", nodes.len()), ("pod", pods.len())]));
+    }
+    let caches = Caches { bindings: controller.store(), nodes: nodes.clone(), pods, pod_scope, signals };
     let ctx = Arc::new(Context::new(client, caches, clb, default_credentials, settings, metrics));
 
     {
-        // NB: this task is the only waiter on the stores' readiness. kube's Store::wait_until_ready wakes just
-        // the most recent of several concurrent waiters (one oneshot waker), so reconciles wait on
-        // `caches_synced`, a watch channel that wakes them all.
-        let (nodes, pods, ready, synced) =
-            (nodes.clone(), pods.clone(), ready.clone(), ctx.caches_synced.clone());
+        // NB: this task is the only waiter on the node store's readiness. kube's Store::wait_until_ready wakes
+        // just the most recent of several concurrent waiters (one oneshot waker), so reconciles wait on
+        // `caches_synced`, a watch channel that wakes them all. The controller is the one waiter on the
+        // bindings' store and reconciles only once it is listed; pods are listed per scope (`PodScope`), and
+        // the first pod-targeted reconcile scopes the pod cache from all the bindings at once.
+        let (nodes, ready, synced) = (nodes.clone(), ready.clone(), ctx.caches_synced.clone());
         tokio::spawn(async move {
-            if nodes.wait_until_ready().await.is_ok() && pods.wait_until_ready().await.is_ok() {
+            if nodes.wait_until_ready().await.is_ok() {
                 synced.send_replace(true);
                 ready.set_ready();
-                info!(nodes = nodes.len(), pods = pods.len(), "Caches synced");
+                info!(nodes = nodes.len(), "Caches synced");
             }
         });
     }
@@ -482,6 +519,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     controller
         .watches_stream(node_events, move |node| for_nodes.index.for_node(&node))
         .watches_stream(pod_events, move |pod| for_pods.index.for_pod(&pod))
+        .reconcile_all_on(gone_rx)
         .with_config(ControllerConfig::default().concurrency(args.concurrency))
         .shutdown_on_signal()
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
@@ -511,10 +549,13 @@ pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result
 /// Passes on deletions and the updates that change what membership reads (the trimmed object), and drops the
 /// rest: node heartbeats and pod status churn would otherwise wake every binding that looks at those objects.
 /// The stores behind it still see every event.
-/// `on_change` is told about the changes that are signals (see [`ChangeFilter`]).
+/// `on_change` is told about the changes that are signals (see [`ChangeFilter`]); `on_gone` when a new list
+/// (after a watch could not resume, or a new pod scope) lacks objects seen before: they went away without a
+/// Delete event, so no binding was told, and every binding must look again.
 fn changes_only<K, S>(
     events: S,
     on_change: impl Fn(&K) + Send + 'static,
+    on_gone: impl Fn() + Send + 'static,
 ) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
 where
     K: Resource + serde::Serialize + Clone + Send + 'static,
@@ -529,7 +570,19 @@ where
             Ok(watcher::Event::Delete(obj)) => {
                 filter.lock().map(|mut f| f.deleted(obj)).unwrap_or(Seen::Signal).then_signal(obj, &on_change)
             }
-            _ => Seen::Change,
+            Ok(watcher::Event::Init) => {
+                if let Ok(mut f) = filter.lock() {
+                    f.listing();
+                }
+                Seen::Change
+            }
+            Ok(watcher::Event::InitDone) => {
+                if filter.lock().map(|mut f| f.listed()).unwrap_or(true) {
+                    on_gone();
+                }
+                Seen::Change
+            }
+            Err(_) => Seen::Change,
         };
         std::future::ready(seen != Seen::Nothing)
     })
@@ -564,12 +617,17 @@ impl Seen {
 #[derive(Default)]
 struct ChangeFilter {
     seen: HashMap<u64, (u64, bool)>,
+    /// While a list is under way: what was seen before it and has not been listed again yet.
+    before_list: Option<HashMap<u64, (u64, bool)>>,
 }
 
 impl ChangeFilter {
     fn applied<K: Resource + serde::Serialize + Clone>(&mut self, obj: &K) -> Seen {
+        let key = object_key(obj);
         let now = (content_digest(obj), obj.meta().deletion_timestamp.is_some());
-        match self.seen.insert(object_key(obj), now) {
+        let before =
+            self.seen.insert(key, now).or_else(|| self.before_list.as_mut().and_then(|b| b.remove(&key)));
+        match before {
             Some(before) if before.0 == now.0 => Seen::Nothing,
             Some((_, true)) => Seen::Change,
             _ => Seen::Signal,
@@ -581,6 +639,19 @@ impl ChangeFilter {
             Some((_, true)) => Seen::Change,
             _ => Seen::Signal,
         }
+    }
+
+    /// A (re-)list begins: objects are compared with what was seen before it as they come.
+    fn listing(&mut self) {
+        let mut before = std::mem::take(&mut self.seen);
+        // A list that started over before it finished: what it had listed counts as seen before, too.
+        before.extend(self.before_list.take().unwrap_or_default());
+        self.before_list = Some(before);
+    }
+
+    /// The list is complete; true if objects seen before it were not in it (they are gone).
+    fn listed(&mut self) -> bool {
+        self.before_list.take().is_some_and(|gone| !gone.is_empty())
     }
 }
 
@@ -666,5 +737,27 @@ mod tests {
         assert_eq!(f.applied(&a), Seen::Signal, "a new object of the same name");
         assert_eq!(f.deleted(&a), Seen::Signal, "deleted at once");
         assert_eq!(f.deleted(&a), Seen::Signal, "deleted, never seen");
+    }
+
+    /// A new list compares with what was seen before it, and tells when objects went away unseen (deleted
+    /// while the watch was down: no Delete event will ever come for them).
+    #[test]
+    fn a_new_list_tells_what_went_away_unseen() {
+        let mut f = ChangeFilter::default();
+        let (a, mut b) = (node(&[]), node(&[]));
+        b.metadata.name = Some("node-b".into());
+        f.listing();
+        assert_eq!((f.applied(&a), f.applied(&b)), (Seen::Signal, Seen::Signal));
+        assert!(!f.listed(), "the first list");
+
+        f.listing();
+        assert_eq!(f.applied(&a), Seen::Nothing, "unchanged across the new list");
+        assert!(f.listed(), "b is gone");
+
+        f.listing();
+        f.listing(); // started over before it was done
+        assert_eq!(f.applied(&a), Seen::Nothing);
+        assert!(!f.listed(), "nothing went away");
+        assert_eq!(f.applied(&b), Seen::Signal, "b is back: new");
     }
 }

@@ -25,6 +25,7 @@ use super::{
     error::{Error, Result},
     index::Interest,
     membership, plan,
+    slim::SlimPod,
     status::{self, Problem, reasons},
 };
 use crate::{
@@ -35,6 +36,9 @@ use crate::{
     clb::{self, ClbClient, ClbError, Credentials, Submitted},
     metrics::BindingCounts,
 };
+
+/// How long a reconcile waits for the pod cache to list a namespace new to it before it gives up and retries.
+const POD_LIST_WAIT: Duration = Duration::from_secs(30);
 
 /// Wait before looking again at a binding whose credentials are missing: they are usually fixed by hand.
 const CREDENTIALS_RETRY: Duration = Duration::from_secs(30);
@@ -130,7 +134,7 @@ impl<'a> Sync<'a> {
         let spec = &self.binding.spec;
         let nodes = self.ctx.nodes.state();
         let pod_targeted = spec.targets.pod_selector.is_some();
-        let pods = if pod_targeted { self.ctx.pods.state() } else { Vec::new() };
+        let pods = if pod_targeted { self.pods().await? } else { self.no_pods() };
         let membership = match membership::compute(
             spec,
             &self.namespace(),
@@ -275,6 +279,32 @@ impl<'a> Sync<'a> {
             reason: format!("{} backend(s) still owned on {lb}", self.status.backends.len()),
             retry_after: self.next_delay(true).unwrap_or(CREDENTIALS_RETRY),
         })
+    }
+
+    /// The cached pods, once the cache holds a complete list of this binding's namespace: a binding in a
+    /// namespace new to the pod cache widens its scope and waits for the new list (acting on a partial one
+    /// would deregister healthy pods).
+    async fn pods(&self) -> Result<Vec<Arc<SlimPod>>> {
+        let ns = self.namespace();
+        let scope = &self.ctx.pod_scope;
+        if !scope.wants(&ns) {
+            let mut wanted = self.ctx.pod_namespaces(None);
+            wanted.insert(ns.clone());
+            scope.want(wanted);
+        }
+        if !scope.covered(&BTreeSet::from([ns.clone()]), POD_LIST_WAIT).await {
+            return Err(Error::PodCacheListing { namespace: ns });
+        }
+        Ok(self.ctx.pods.state())
+    }
+
+    /// For a binding that targets nodes: no pods, and if it was the last to target pods in its namespace
+    /// (it was changed to nodes), the pod cache lets that namespace go.
+    fn no_pods(&self) -> Vec<Arc<SlimPod>> {
+        if self.ctx.pod_scope.wants(&self.namespace()) {
+            self.ctx.pod_scope.want(self.ctx.pod_namespaces(None));
+        }
+        Vec::new()
     }
 
     /// Forgets a binding whose finalizer is about to go.

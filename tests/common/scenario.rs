@@ -9,8 +9,11 @@ use clb_operator::{
     controller::RunArgs,
     emulator::{self, EmulatorConfig, EmulatorHandle, Faults, SeedLoadBalancer},
 };
-use k8s_openapi::api::core::v1::Node;
-use kube::{Api, api::PostParams};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::{
+    Api,
+    api::{Patch, PatchParams, PostParams},
+};
 use serde_json::json;
 
 use super::{TestNs, eventually};
@@ -160,6 +163,23 @@ pub fn deregister_calls(emu: &EmulatorHandle) -> Vec<Vec<String>> {
 
 pub fn ids(pairs: &[(String, String)]) -> BTreeSet<String> {
     pairs.iter().map(|(_, id)| id.clone()).collect()
+}
+
+/// Creates pods labelled `app: web` in the test namespace, each on the given node, and reports them Running and
+/// Ready (there is no kubelet to do it).
+pub async fn ready_pods(t: &TestNs, pods: &[(&str, &str)]) {
+    let api: Api<Pod> = t.api();
+    for (name, node) in pods {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"app": "web"}},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "fake"}]},
+        }))
+        .unwrap();
+        api.create(&PostParams::default(), &pod).await.unwrap();
+        let ready =
+            json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}});
+        api.patch_status(name, &PatchParams::default(), &Patch::Merge(&ready)).await.unwrap();
+    }
 }
 
 pub async fn setup(test: &str) -> (TestNs, EmulatorHandle) {
