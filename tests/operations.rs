@@ -196,6 +196,42 @@ async fn pods_are_cached_only_for_pod_targeted_bindings() {
     assert_eq!(deregister_calls(&emu), [vec![nodes[0].1.clone()]], "node A left once its pods were gone");
 }
 
+/// A restarted operator reconciles a pod-targeted binding from a complete pod list: no Register or Deregister
+/// (a reconcile that read the pod cache before its list was in would deregister every backend).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_keep_pod_backends_without_writes() {
+    let (t, emu) = setup("pod-restart").await;
+    let tok = token_suffix();
+    let nodes = nodes(&t, &tok, 3).await;
+    let on: Vec<(String, &str)> = (0..6).map(|i| (format!("web-{i}"), nodes[i % 3].0.as_str())).collect();
+    ready_pods(&t, &on.iter().map(|(p, n)| (p.as_str(), *n)).collect::<Vec<_>>()).await;
+    let first = OperatorProcess::start(&t, &emu.endpoint(), &[], &[]);
+    binding(&t, "web", LB, true, json!({})).await;
+    wait_ready_with(&t, "web", &ids(&nodes)).await;
+    first.kill();
+    let writes = || {
+        emu.state()
+            .calls
+            .iter()
+            .filter(|c| c.action.starts_with("Register") || c.action.starts_with("Deregister"))
+            .count()
+    };
+    let before = writes();
+    for round in 0..3 {
+        let port = free_port();
+        let addr = format!("--http-addr=127.0.0.1:{port}");
+        let op = OperatorProcess::start(&t, &emu.endpoint(), &[addr.as_str()], &[]);
+        eventually(WAIT, "the binding reconciled by the restarted operator", || async {
+            let text = get(&format!("http://127.0.0.1:{port}/metrics")).await?.1;
+            sample(&text, "clb_operator_reconciles_total").filter(|n| *n >= 1.0)
+        })
+        .await;
+        op.kill();
+        assert_eq!(writes(), before, "round {round}: CLB writes after a restart");
+    }
+    assert_eq!(emu.state().backend_ids(LB), ids(&nodes).into_iter().collect::<Vec<_>>());
+}
+
 /// `--log-format json` writes one JSON object per line, with the message and fields.
 #[test]
 fn json_logs_are_one_object_per_line() {

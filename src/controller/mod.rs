@@ -457,11 +457,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (pods, pod_writer) = reflector::store();
     let pod_signals = signals.clone();
     let pod_events = changes_only(
-        reflector::reflector(
+        pod_scope.events(
+            move || watcher(pod_api.clone(), watcher::Config::default()).modify(forget_version).boxed(),
             pod_writer,
-            pod_scope
-                .events(move || watcher(pod_api.clone(), watcher::Config::default()).boxed())
-                .modify(forget_version),
         ),
         move |pod: &SlimPod| {
             if let Some(node) = pod.spec.node_name.as_deref() {

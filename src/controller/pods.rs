@@ -9,7 +9,10 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use futures::{Stream, StreamExt, stream::BoxStream};
-use kube::{ResourceExt, runtime::watcher};
+use kube::{
+    ResourceExt,
+    runtime::{reflector::store::Writer, watcher},
+};
 use tokio::sync::watch;
 use tracing::info;
 
@@ -60,10 +63,13 @@ impl PodScope {
     }
 
     /// The pod events of the wanted namespaces, from watches that `watch` starts (a fresh list each time the
-    /// wanted set changes; none while it is empty). Feed it to a reflector.
+    /// wanted set changes; none while it is empty), applied to the cache behind `writer` before they are
+    /// passed on. (This stream is the reflector: a namespace may count as covered only once its list is in
+    /// the store, not when the list has merely been read.)
     pub fn events<F>(
         &self,
         watch: F,
+        writer: Writer<SlimPod>,
     ) -> impl Stream<Item = Result<watcher::Event<SlimPod>, watcher::Error>> + Send + use<F>
     where
         F: Fn() -> BoxStream<'static, Result<watcher::Event<SlimPod>, watcher::Error>> + Send + 'static,
@@ -76,6 +82,7 @@ impl PodScope {
             wanted,
             covered: self.covered.clone(),
             watch,
+            writer,
         };
         scoped.rescope(namespaces);
         futures::stream::unfold(scoped, |mut s| async move {
@@ -94,6 +101,7 @@ struct Scoped<F> {
     wanted: watch::Receiver<BTreeSet<String>>,
     covered: watch::Sender<BTreeSet<String>>,
     watch: F,
+    writer: Writer<SlimPod>,
 }
 
 impl<F> Scoped<F>
@@ -106,7 +114,7 @@ where
         self.events = if !namespaces.is_empty() {
             Some((self.watch)())
         } else if self.events.is_some() {
-            // Empty the cache: the reflector starts a new buffer on Init and swaps it in on InitDone.
+            // Empty the cache: the writer starts a new buffer on Init and swaps it in on InitDone.
             Some(futures::stream::iter([Ok(watcher::Event::Init), Ok(watcher::Event::InitDone)]).boxed())
         } else {
             None
@@ -140,14 +148,16 @@ where
                 event = event => match event {
                     // A watch never ends; the stream that empties the cache does.
                     None => self.events = None,
-                    Some(event) => {
+                    Some(event) if in_scope(&event, &self.namespaces) => {
+                        if let Ok(e) = &event {
+                            self.writer.apply_watcher_event(e);
+                        }
                         if let Ok(watcher::Event::InitDone) = &event {
                             self.covered.send_replace(self.namespaces.clone());
                         }
-                        if in_scope(&event, &self.namespaces) {
-                            return Some(event);
-                        }
+                        return Some(event);
                     }
+                    Some(_) => {}
                 },
             }
         }
@@ -206,12 +216,25 @@ mod tests {
         let scope = PodScope::default();
         let sent: Sent = Arc::default();
         let starts = sent.clone();
+        let (store, writer) = kube::runtime::reflector::store::<SlimPod>();
+        let cached = || {
+            let mut pods: Vec<String> = store
+                .state()
+                .iter()
+                .map(|p| format!("{}/{}", p.namespace().unwrap(), p.name_any()))
+                .collect();
+            pods.sort();
+            pods
+        };
         let mut events = scope
-            .events(move || {
-                let (tx, rx) = mpsc::unbounded();
-                starts.lock().unwrap().push(tx);
-                rx.boxed()
-            })
+            .events(
+                move || {
+                    let (tx, rx) = mpsc::unbounded();
+                    starts.lock().unwrap().push(tx);
+                    rx.boxed()
+                },
+                writer,
+            )
             .boxed();
         let next = async |events: &mut BoxStream<'static, Result<Event<SlimPod>, watcher::Error>>| {
             match tokio::time::timeout(Duration::from_secs(5), events.next()).await {
@@ -242,13 +265,16 @@ mod tests {
             !scope.covered(&set(&["a"]), Duration::ZERO).await,
             "not covered before the list is complete"
         );
+        assert!(cached().is_empty(), "nothing in the store before the list is complete");
         assert_eq!(next(&mut events).await, "InitDone", "b/p2 is out of scope");
         assert!(scope.covered(&set(&["a"]), Duration::ZERO).await);
+        assert_eq!(cached(), ["a/p1"], "covered means in the store");
         assert!(!scope.covered(&set(&["a", "b"]), Duration::ZERO).await);
 
         send(Event::Apply(pod("b", "x")));
         send(Event::Delete(pod("a", "p1")));
         assert_eq!(next(&mut events).await, "Delete a/p1");
+        assert!(cached().is_empty());
 
         assert!(scope.want(set(&["a", "b"])));
         assert_eq!(next(&mut events).await, "nothing");
@@ -264,10 +290,12 @@ mod tests {
         }
         assert_eq!(listed, ["Init", "InitApply b/p2", "InitDone"]);
         assert!(scope.covered(&set(&["a", "b"]), Duration::ZERO).await);
+        assert_eq!(cached(), ["b/p2"]);
 
         assert!(scope.want(BTreeSet::new()));
         assert_eq!(next(&mut events).await, "Init", "an empty scope empties the cache");
         assert_eq!(next(&mut events).await, "InitDone");
+        assert!(cached().is_empty(), "emptied");
         assert_eq!(next(&mut events).await, "nothing");
         assert_eq!(sent.lock().unwrap().len(), 2, "and watches nothing");
     }

@@ -476,6 +476,7 @@ async fn main() {
     let seen_done = bench.seen_done.lock().map(|m| m.clone()).unwrap_or_default();
     let (mut reaction, mut overhead, mut polls) = (Vec::new(), Vec::new(), Vec::new());
     let mut by_kind: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut slowest: Vec<(f64, &Signal)> = Vec::new();
     let mut one_call_each = true;
     for s in &signals {
         let calls: Vec<_> = state
@@ -487,6 +488,7 @@ async fn main() {
         let r = call.at_ms.saturating_sub(s.at_ms) as f64;
         reaction.push(r);
         by_kind.entry(s.kind).or_default().push(r);
+        slowest.push((r, s));
         if let (Some(id), Some(task)) =
             (call.request_id, call.request_id.and_then(|id| state.tasks.iter().find(|t| t.request_id == id)))
         {
@@ -523,6 +525,13 @@ async fn main() {
     results.insert("completion_overhead_ms", summary(&overhead));
     results.insert("polls_per_1s_task", summary(&polls));
     results.insert("reaction_samples_ms", json!(reaction));
+    // The slowest signals, to look up in target/bench/operator.log (times are Unix milliseconds).
+    slowest.sort_by(|a, b| b.0.total_cmp(&a.0));
+    results.insert(
+        "slowest_signals",
+        json!(slowest.iter().take(5).map(|(r, s)| json!({"reaction_ms": r, "kind": s.kind, "instance": s.instance, "at_ms": s.at_ms})).collect::<Vec<_>>()),
+    );
+    println!("slowest signals: {}", results["slowest_signals"]);
     println!("reaction ms: {}", results["reaction_ms"]);
     println!("completion overhead ms: {}", results["completion_overhead_ms"]);
     println!("polls per 1 s task: {}", results["polls_per_1s_task"]);
