@@ -220,7 +220,9 @@ async fn restarts_keep_pod_backends_without_writes() {
     for round in 0..3 {
         let port = free_port();
         let addr = format!("--http-addr=127.0.0.1:{port}");
-        let op = OperatorProcess::start(&t, &emu.endpoint(), &[addr.as_str()], &[]);
+        // No settle time: a reconcile sends what it decides before it counts as done, so a decision from a
+        // partial pod list would show as a write by the time the first reconcile is counted.
+        let op = OperatorProcess::start(&t, &emu.endpoint(), &[addr.as_str(), "--settle=0s"], &[]);
         eventually(WAIT, "the binding reconciled by the restarted operator", || async {
             let text = get(&format!("http://127.0.0.1:{port}/metrics")).await?.1;
             sample(&text, "clb_operator_reconciles_total").filter(|n| *n >= 1.0)

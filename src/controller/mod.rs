@@ -251,12 +251,13 @@ impl Context {
         }
     }
 
-    /// The namespaces whose pods the bindings in the cache need, leaving out `except` (a binding going away).
+    /// The namespaces whose pods the bindings in the cache need, leaving out `except` and bindings being
+    /// deleted (their cleanup reads no pods).
     pub fn pod_namespaces(&self, except: Option<&Key>) -> BTreeSet<String> {
         self.bindings
             .state()
             .iter()
-            .filter(|b| b.spec.targets.pod_selector.is_some())
+            .filter(|b| b.spec.targets.pod_selector.is_some() && b.metadata.deletion_timestamp.is_none())
             .filter(|b| except.is_none_or(|key| *key != ObjectRef::from_obj(b.as_ref())))
             .filter_map(|b| b.namespace())
             .collect()
@@ -264,7 +265,7 @@ impl Context {
 
     /// Forgets everything about a binding that is going away.
     fn forget(&self, key: &Key) {
-        self.pod_scope.want(self.pod_namespaces(Some(key)));
+        self.pod_scope.want(|| self.pod_namespaces(Some(key)));
         self.metrics.set_binding(key.to_string(), None);
         self.index.remove(key);
         self.failures_reset(key);

@@ -3,8 +3,9 @@
 //! A binding selects pods of its own namespace only, so pods elsewhere are never read; caching every pod of a
 //! large cluster would cost memory in proportion to the cluster instead of to what the operator serves. The pod
 //! watch stays cluster-wide (one connection however many namespaces) and drops out-of-scope events before the
-//! cache; when the set of namespaces changes it starts over with a fresh list, which the reflector swaps in
-//! whole. kube-runtime has no watcher whose scope can change while it runs, hence this small stream.
+//! cache. When the set of namespaces changes a second watch lists anew while the first keeps the cache current,
+//! and the new list replaces the old one whole once it is complete. kube-runtime has no watcher whose scope can
+//! change while it runs, hence this small stream.
 
 use std::{collections::BTreeSet, time::Duration};
 
@@ -13,14 +14,17 @@ use kube::{
     ResourceExt,
     runtime::{reflector::store::Writer, watcher},
 };
-use tokio::sync::watch;
+use tokio::{sync::watch, time::Instant};
 use tracing::info;
 
 use super::slim::SlimPod;
 
-/// How long the namespace set must stay unchanged before the watch starts over: creating bindings in several
-/// new namespaces at once (a Helm release, a test suite) costs one new list, not one per namespace.
+/// How long the namespace set must stay unchanged before a new list starts: creating bindings in several new
+/// namespaces at once (a Helm release, a test suite) costs one new list, not one per namespace.
 const RESCOPE_SETTLE: Duration = Duration::from_millis(200);
+
+/// The longest a stream of changes can hold a new list back.
+const RESCOPE_SETTLE_MAX: Duration = Duration::from_secs(1);
 
 /// The namespaces whose pods are wanted, and those the cache holds a complete list of.
 pub struct PodScope {
@@ -35,9 +39,12 @@ impl Default for PodScope {
 }
 
 impl PodScope {
-    /// Sets the namespaces to cache pods of; returns whether that changed anything.
-    pub fn want(&self, namespaces: BTreeSet<String>) -> bool {
+    /// Sets the namespaces to cache pods of to what `namespaces` computes; returns whether that changed
+    /// anything. The computation runs under the scope's lock, so that of two callers computing from the
+    /// bindings at different moments, the later computation is the one that stays.
+    pub fn want(&self, namespaces: impl FnOnce() -> BTreeSet<String>) -> bool {
         self.wanted.send_if_modified(|current| {
+            let namespaces = namespaces();
             let changed = *current != namespaces;
             *current = namespaces;
             changed
@@ -77,14 +84,17 @@ impl PodScope {
         let mut wanted = self.wanted.subscribe();
         let namespaces = wanted.borrow_and_update().clone();
         let mut scoped = Scoped {
-            events: None,
-            namespaces: BTreeSet::new(),
+            live: None,
+            listing: None,
+            settling: None,
             wanted,
             covered: self.covered.clone(),
             watch,
             writer,
         };
-        scoped.rescope(namespaces);
+        if !namespaces.is_empty() {
+            scoped.rescope(namespaces);
+        }
         futures::stream::unfold(scoped, |mut s| async move {
             let event = s.next().await?;
             Some((event, s))
@@ -92,75 +102,148 @@ impl PodScope {
     }
 }
 
+type Events = BoxStream<'static, Result<watcher::Event<SlimPod>, watcher::Error>>;
+
+/// One watch and the namespaces it passes on.
+struct Watch {
+    events: Events,
+    namespaces: BTreeSet<String>,
+}
+
 /// The state of the scoped pod stream.
 struct Scoped<F> {
-    /// The running watch, if any namespace is wanted.
-    events: Option<BoxStream<'static, Result<watcher::Event<SlimPod>, watcher::Error>>>,
-    /// The namespaces the running watch passes on.
-    namespaces: BTreeSet<String>,
+    /// The watch whose list is in the store, keeping it current.
+    live: Option<Watch>,
+    /// A watch listing for a new scope; it replaces `live` when its list is complete.
+    listing: Option<Watch>,
+    /// When the wanted set first and last changed since the running scope was set.
+    settling: Option<(Instant, Instant)>,
     wanted: watch::Receiver<BTreeSet<String>>,
     covered: watch::Sender<BTreeSet<String>>,
     watch: F,
     writer: Writer<SlimPod>,
 }
 
+/// What woke the scoped stream.
+enum Step {
+    Wanted(bool),
+    Settled,
+    Live(Option<Result<watcher::Event<SlimPod>, watcher::Error>>),
+    Listing(Option<Result<watcher::Event<SlimPod>, watcher::Error>>),
+}
+
 impl<F> Scoped<F>
 where
-    F: Fn() -> BoxStream<'static, Result<watcher::Event<SlimPod>, watcher::Error>>,
+    F: Fn() -> Events,
 {
-    /// Starts over for `namespaces`: a new watch (so a new complete list), or none and an emptied cache.
+    /// Starts a new list for `namespaces` (an empty one, that empties the store, if there are none); the
+    /// live watch keeps the namespaces it shares with the new scope current, and covered, meanwhile.
     fn rescope(&mut self, namespaces: BTreeSet<String>) {
         info!(namespaces = namespaces.len(), "Pod watch scope");
-        self.events = if !namespaces.is_empty() {
-            Some((self.watch)())
-        } else if self.events.is_some() {
-            // Empty the cache: the writer starts a new buffer on Init and swaps it in on InitDone.
-            Some(futures::stream::iter([Ok(watcher::Event::Init), Ok(watcher::Event::InitDone)]).boxed())
+        let events = if namespaces.is_empty() {
+            // The writer starts a new buffer on Init and swaps it in on InitDone.
+            futures::stream::iter([Ok(watcher::Event::Init), Ok(watcher::Event::InitDone)]).boxed()
         } else {
-            None
+            (self.watch)()
         };
-        // Until the new list is complete the cache still holds the old one (the reflector swaps lists whole):
-        // stale for a moment, but complete for the namespaces in both scopes, so those stay covered.
         self.covered.send_modify(|covered| covered.retain(|ns| namespaces.contains(ns)));
-        self.namespaces = namespaces;
+        self.listing = Some(Watch { events, namespaces });
     }
 
-    /// The next event to pass on; `None` when the operator is shutting down.
+    /// The namespaces of the newest scope set (listing or live).
+    fn scope(&self) -> Option<&BTreeSet<String>> {
+        self.listing.as_ref().or(self.live.as_ref()).map(|w| &w.namespaces)
+    }
+
+    /// The next event to pass on, applied to the store; `None` when the operator is shutting down.
     async fn next(&mut self) -> Option<Result<watcher::Event<SlimPod>, watcher::Error>> {
         loop {
-            let Self { events, wanted, .. } = self;
-            let event = async {
-                match events.as_mut() {
-                    Some(e) => e.next().await,
-                    None => std::future::pending().await,
+            let step = {
+                let deadline = self
+                    .settling
+                    .map(|(first, last)| (last + RESCOPE_SETTLE).min(first + RESCOPE_SETTLE_MAX));
+                let Self { live, listing, wanted, .. } = self;
+                tokio::select! {
+                    changed = wanted.changed() => Step::Wanted(changed.is_ok()),
+                    () = sleep_until(deadline) => Step::Settled,
+                    event = next_of(live) => Step::Live(event),
+                    event = next_of(listing) => Step::Listing(event),
                 }
             };
-            tokio::select! {
-                changed = wanted.changed() => {
-                    changed.ok()?;
-                    // Let a burst of changes settle into one new list.
-                    while let Ok(Ok(())) = tokio::time::timeout(RESCOPE_SETTLE, wanted.changed()).await {}
-                    let namespaces = wanted.borrow_and_update().clone();
-                    if namespaces != self.namespaces {
+            match step {
+                Step::Wanted(false) => return None,
+                Step::Wanted(true) => {
+                    let now = Instant::now();
+                    self.settling = Some((self.settling.map_or(now, |(first, _)| first), now));
+                }
+                Step::Settled => {
+                    self.settling = None;
+                    let namespaces = self.wanted.borrow_and_update().clone();
+                    if self.scope() != Some(&namespaces) && !(self.scope().is_none() && namespaces.is_empty())
+                    {
                         self.rescope(namespaces);
                     }
                 }
-                event = event => match event {
-                    // A watch never ends; the stream that empties the cache does.
-                    None => self.events = None,
-                    Some(event) if in_scope(&event, &self.namespaces) => {
-                        if let Ok(e) = &event {
-                            self.writer.apply_watcher_event(e);
-                        }
-                        if let Ok(watcher::Event::InitDone) = &event {
-                            self.covered.send_replace(self.namespaces.clone());
-                        }
+                // A watch never ends; the stream that empties the store does.
+                Step::Live(None) => self.live = None,
+                Step::Listing(None) => self.listing = None,
+                // While a new scope lists, the live watch only keeps the store current; if it lists itself
+                // (it could not resume) it would mix its list into the new one, and the new list replaces the
+                // store anyway.
+                Step::Live(Some(Ok(
+                    watcher::Event::Init | watcher::Event::InitApply(_) | watcher::Event::InitDone,
+                ))) if self.listing.is_some() => self.live = None,
+                Step::Live(Some(event)) => {
+                    let namespaces = self.live.as_ref().map(|w| w.namespaces.clone()).unwrap_or_default();
+                    if let Some(event) = self.pass(event, &namespaces) {
                         return Some(event);
                     }
-                    Some(_) => {}
-                },
+                }
+                Step::Listing(Some(event)) => {
+                    let namespaces = self.listing.as_ref().map(|w| w.namespaces.clone()).unwrap_or_default();
+                    if matches!(event, Ok(watcher::Event::InitDone)) {
+                        // The new list is complete: it becomes the live watch.
+                        self.live = self.listing.take();
+                    }
+                    if let Some(event) = self.pass(event, &namespaces) {
+                        return Some(event);
+                    }
+                }
             }
         }
+    }
+
+    /// Applies an in-scope event to the store and passes it on; a completed list covers its namespaces, and
+    /// only once it is in the store.
+    fn pass(
+        &mut self,
+        event: Result<watcher::Event<SlimPod>, watcher::Error>,
+        namespaces: &BTreeSet<String>,
+    ) -> Option<Result<watcher::Event<SlimPod>, watcher::Error>> {
+        if !in_scope(&event, namespaces) {
+            return None;
+        }
+        if let Ok(e) = &event {
+            self.writer.apply_watcher_event(e);
+        }
+        if let Ok(watcher::Event::InitDone) = &event {
+            self.covered.send_replace(namespaces.clone());
+        }
+        Some(event)
+    }
+}
+
+async fn next_of(watch: &mut Option<Watch>) -> Option<Result<watcher::Event<SlimPod>, watcher::Error>> {
+    match watch {
+        Some(w) => w.events.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -242,22 +325,24 @@ mod tests {
                 Err(_) => "nothing".into(),
             }
         };
-        let send =
-            |event: Event<SlimPod>| sent.lock().unwrap().last().unwrap().unbounded_send(Ok(event)).unwrap();
+        // Sends to watch number `i` (in the order they were started).
+        let send_to =
+            |i: usize, event: Event<SlimPod>| sent.lock().unwrap()[i].unbounded_send(Ok(event)).unwrap();
+        let want = |namespaces: &[&str]| scope.want(|| set(namespaces));
 
         assert_eq!(next(&mut events).await, "nothing", "nothing wanted, nothing watched");
         assert!(sent.lock().unwrap().is_empty());
         assert!(scope.covered(&BTreeSet::new(), Duration::ZERO).await, "nothing wanted is covered at once");
 
-        assert!(scope.want(set(&["a"])));
-        assert!(!scope.want(set(&["a"])), "the same set is no change");
+        assert!(want(&["a"]));
+        assert!(!want(&["a"]), "the same set is no change");
         assert!(scope.wants("a") && !scope.wants("b"));
         assert_eq!(next(&mut events).await, "nothing");
         assert_eq!(sent.lock().unwrap().len(), 1, "one watch once the set settled");
         for event in
             [Event::Init, Event::InitApply(pod("a", "p1")), Event::InitApply(pod("b", "p2")), Event::InitDone]
         {
-            send(event);
+            send_to(0, event);
         }
         assert_eq!(next(&mut events).await, "Init");
         assert_eq!(next(&mut events).await, "InitApply a/p1");
@@ -271,32 +356,64 @@ mod tests {
         assert_eq!(cached(), ["a/p1"], "covered means in the store");
         assert!(!scope.covered(&set(&["a", "b"]), Duration::ZERO).await);
 
-        send(Event::Apply(pod("b", "x")));
-        send(Event::Delete(pod("a", "p1")));
+        send_to(0, Event::Apply(pod("b", "x")));
+        send_to(0, Event::Delete(pod("a", "p1")));
         assert_eq!(next(&mut events).await, "Delete a/p1");
         assert!(cached().is_empty());
 
-        assert!(scope.want(set(&["a", "b"])));
+        // A new scope lists on a second watch while the first keeps a current.
+        assert!(want(&["a", "b"]));
         assert_eq!(next(&mut events).await, "nothing");
         assert_eq!(sent.lock().unwrap().len(), 2, "a new watch for the new set");
         assert!(scope.covered(&set(&["a"]), Duration::ZERO).await, "the old list still covers a");
         assert!(!scope.covered(&set(&["b"]), Duration::ZERO).await, "b is covered once the new list is done");
-        send(Event::Init);
-        send(Event::InitApply(pod("b", "p2")));
-        send(Event::InitDone);
+        send_to(0, Event::Apply(pod("a", "p3")));
+        assert_eq!(next(&mut events).await, "Apply a/p3", "the old watch keeps a current meanwhile");
+        assert_eq!(cached(), ["a/p3"]);
+        send_to(1, Event::Init);
+        send_to(1, Event::InitApply(pod("a", "p3")));
+        send_to(1, Event::InitApply(pod("b", "p2")));
+        assert_eq!(next(&mut events).await, "Init");
+        assert_eq!(next(&mut events).await, "InitApply a/p3");
+        assert_eq!(next(&mut events).await, "InitApply b/p2");
+        assert_eq!(cached(), ["a/p3"], "the old list serves until the new one is complete");
+        send_to(1, Event::InitDone);
+        assert_eq!(next(&mut events).await, "InitDone");
+        assert!(scope.covered(&set(&["a", "b"]), Duration::ZERO).await);
+        assert_eq!(cached(), ["a/p3", "b/p2"]);
+        assert!(sent.lock().unwrap()[0].is_closed(), "the old watch is dropped");
+
+        // Changes that keep coming hold a new list back for a second at most.
+        let lists = sent.lock().unwrap().len();
+        let mut waited = Duration::ZERO;
+        for i in 0..20 {
+            want(if i % 2 == 0 { &["a"] } else { &["a", "c"] });
+            let _ = tokio::time::timeout(Duration::from_millis(100), events.next()).await;
+            waited += Duration::from_millis(100);
+            if sent.lock().unwrap().len() > lists {
+                break;
+            }
+        }
+        assert!(sent.lock().unwrap().len() > lists, "a new list despite the changes");
+        assert!(waited <= Duration::from_millis(1100), "within a second or so: {waited:?}");
+        want(&["a", "b"]);
+        assert_eq!(next(&mut events).await, "nothing");
+        let last = sent.lock().unwrap().len() - 1;
+        send_to(last, Event::Init);
+        send_to(last, Event::InitApply(pod("b", "p2")));
+        send_to(last, Event::InitDone);
         let mut listed = Vec::new();
         while listed.last().map(String::as_str) != Some("InitDone") {
             listed.push(next(&mut events).await);
         }
         assert_eq!(listed, ["Init", "InitApply b/p2", "InitDone"]);
-        assert!(scope.covered(&set(&["a", "b"]), Duration::ZERO).await);
-        assert_eq!(cached(), ["b/p2"]);
+        assert_eq!(cached(), ["b/p2"], "a/p3 was not in the new list");
 
-        assert!(scope.want(BTreeSet::new()));
+        assert!(want(&[]));
         assert_eq!(next(&mut events).await, "Init", "an empty scope empties the cache");
         assert_eq!(next(&mut events).await, "InitDone");
         assert!(cached().is_empty(), "emptied");
         assert_eq!(next(&mut events).await, "nothing");
-        assert_eq!(sent.lock().unwrap().len(), 2, "and watches nothing");
+        assert!(sent.lock().unwrap().iter().all(|tx| tx.is_closed()), "and watches nothing");
     }
 }

@@ -287,22 +287,32 @@ impl<'a> Sync<'a> {
     async fn pods(&self) -> Result<Vec<Arc<SlimPod>>> {
         let ns = self.namespace();
         let scope = &self.ctx.pod_scope;
-        if !scope.wants(&ns) {
-            let mut wanted = self.ctx.pod_namespaces(None);
-            wanted.insert(ns.clone());
-            scope.want(wanted);
+        let this = BTreeSet::from([ns.clone()]);
+        let give_up = tokio::time::Instant::now() + POD_LIST_WAIT;
+        loop {
+            // Checked on every round: a binding in another namespace going away may compute the scope from
+            // the bindings a moment before this one was there.
+            if !scope.wants(&ns) {
+                scope.want(|| {
+                    let mut wanted = self.ctx.pod_namespaces(None);
+                    wanted.insert(ns.clone());
+                    wanted
+                });
+            }
+            if scope.covered(&this, Duration::from_secs(1)).await {
+                return Ok(self.ctx.pods.state());
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return Err(Error::PodCacheListing { namespace: ns });
+            }
         }
-        if !scope.covered(&BTreeSet::from([ns.clone()]), POD_LIST_WAIT).await {
-            return Err(Error::PodCacheListing { namespace: ns });
-        }
-        Ok(self.ctx.pods.state())
     }
 
     /// For a binding that targets nodes: no pods, and if it was the last to target pods in its namespace
     /// (it was changed to nodes), the pod cache lets that namespace go.
     fn no_pods(&self) -> Vec<Arc<SlimPod>> {
         if self.ctx.pod_scope.wants(&self.namespace()) {
-            self.ctx.pod_scope.want(self.ctx.pod_namespaces(None));
+            self.ctx.pod_scope.want(|| self.ctx.pod_namespaces(None));
         }
         Vec::new()
     }
