@@ -209,18 +209,19 @@ impl Context {
     }
 
     /// How long `key` should still hold back submissions: until no change to `nodes` has been seen for the
-    /// settle time, or five times that during a burst (several nodes changed lately, cluster-wide: a mass drain
-    /// reaches the API server over several hundred milliseconds, and its first event looks isolated to the
-    /// binding it lands on), but no longer than twenty settle times in all, so a node that changes constantly
-    /// cannot starve the others. `None`: submit now.
+    /// settle time, or [`BURST_SETTLE`] times that during a burst (several nodes changed lately, cluster-wide: a
+    /// mass drain reaches the API server over several hundred milliseconds, and its first event looks isolated
+    /// to the binding it lands on), but no longer than [`MAX_SETTLE`] settle times in all, so a node that
+    /// changes constantly cannot starve the others. `None`: submit now.
     fn settle_wait<'n>(&self, key: &Key, nodes: impl IntoIterator<Item = &'n String>) -> Option<Duration> {
         let settle = self.settings.settle;
-        let window = settle.saturating_mul(20);
+        let window = settle.saturating_mul(MAX_SETTLE);
+        let burst_quiet = settle.saturating_mul(BURST_SETTLE);
         let recent: Vec<Instant> =
             nodes.into_iter().filter_map(|n| self.signals.last(n)).filter(|t| t.elapsed() < window).collect();
         let quiet = recent.iter().map(|t| t.elapsed()).min().unwrap_or(window);
-        let burst = recent.len() > 1 || self.signals.nodes_changed_within(settle.saturating_mul(5)) > 1;
-        let needed = if burst { settle.saturating_mul(5) } else { settle };
+        let burst = recent.len() > 1 || self.signals.nodes_changed_within(burst_quiet) > 1;
+        let needed = if burst { burst_quiet } else { settle };
         let mut settling = self.settling.lock().ok()?;
         if quiet >= needed {
             settling.remove(key);
@@ -351,6 +352,14 @@ fn rv_number(rv: Option<String>) -> Option<u64> {
     rv?.parse().ok()
 }
 
+/// During a burst of changes a binding waits this many settle times of quiet: the 200-node drain of the
+/// benchmark reaches the API server with gaps of over 100 ms between one binding's nodes on a busy 2-core
+/// control plane, and each gap taken for the end means one more Deregister call.
+const BURST_SETTLE: u32 = 8;
+
+/// The longest a binding holds back, in settle times, however long changes keep coming.
+const MAX_SETTLE: u32 = 30;
+
 /// Options of `clb-operator run`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
@@ -379,7 +388,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub resync: Duration,
     /// Quiet time a binding waits after the last change to its nodes or pods before it submits, so that a mass
-    /// drain becomes a few full batches instead of many small calls (five times this during a burst, twenty at
+    /// drain becomes a few full batches instead of many small calls (8 times this during a burst, 30 times at
     /// most).
     #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
     pub settle: Duration,
