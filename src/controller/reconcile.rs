@@ -585,6 +585,8 @@ impl<'a> Sync<'a> {
     async fn finish(&mut self, desired: &BTreeSet<String>, pending: bool) -> Result<Action> {
         let generation = self.binding.meta().generation;
         status::summarize(&mut self.status, generation, desired, pending, self.problem.as_ref(), self.now);
+        // The drained mark first: whoever sees the status say an instance is gone finds its node marked.
+        self.mark_nodes().await;
         // Holding back while changes settle, a change of the summary alone (counts, conditions) is left to the
         // reconcile that submits a few tens of milliseconds later: written now, on a busy API server, it would
         // delay that reconcile, and the Deregister with it. Backends and tasks are written at once, always.
@@ -593,7 +595,6 @@ impl<'a> Sync<'a> {
         if self.status != self.written && !(self.settle_wait.is_some() && summary_only) {
             self.write_status().await?;
         }
-        self.mark_nodes().await;
         if self.problem.is_none() {
             self.ctx.reported_reset(&self.key);
         }
