@@ -194,43 +194,47 @@ where
                     watcher::Event::Init | watcher::Event::InitApply(_) | watcher::Event::InitDone,
                 ))) if self.listing.is_some() => self.live = None,
                 Step::Live(Some(event)) => {
-                    let namespaces = self.live.as_ref().map(|w| w.namespaces.clone()).unwrap_or_default();
-                    if let Some(event) = self.pass(event, &namespaces) {
-                        return Some(event);
+                    let passed =
+                        self.live.as_ref().and_then(|w| pass(&mut self.writer, &self.covered, w, event));
+                    if passed.is_some() {
+                        return passed;
                     }
                 }
                 Step::Listing(Some(event)) => {
-                    let namespaces = self.listing.as_ref().map(|w| w.namespaces.clone()).unwrap_or_default();
-                    if matches!(event, Ok(watcher::Event::InitDone)) {
-                        // The new list is complete: it becomes the live watch.
+                    let complete = matches!(event, Ok(watcher::Event::InitDone));
+                    let passed =
+                        self.listing.as_ref().and_then(|w| pass(&mut self.writer, &self.covered, w, event));
+                    if complete {
+                        // The new list is in the store: its watch is the live one now.
                         self.live = self.listing.take();
                     }
-                    if let Some(event) = self.pass(event, &namespaces) {
-                        return Some(event);
+                    if passed.is_some() {
+                        return passed;
                     }
                 }
             }
         }
     }
+}
 
-    /// Applies an in-scope event to the store and passes it on; a completed list covers its namespaces, and
-    /// only once it is in the store.
-    fn pass(
-        &mut self,
-        event: Result<watcher::Event<SlimPod>, watcher::Error>,
-        namespaces: &BTreeSet<String>,
-    ) -> Option<Result<watcher::Event<SlimPod>, watcher::Error>> {
-        if !in_scope(&event, namespaces) {
-            return None;
-        }
-        if let Ok(e) = &event {
-            self.writer.apply_watcher_event(e);
-        }
-        if let Ok(watcher::Event::InitDone) = &event {
-            self.covered.send_replace(namespaces.clone());
-        }
-        Some(event)
+/// Applies an event of `watch` that is in its scope to the store and passes it on; a completed list covers its
+/// namespaces, and only once it is in the store.
+fn pass(
+    writer: &mut Writer<SlimPod>,
+    covered: &watch::Sender<BTreeSet<String>>,
+    watch: &Watch,
+    event: Result<watcher::Event<SlimPod>, watcher::Error>,
+) -> Option<Result<watcher::Event<SlimPod>, watcher::Error>> {
+    if !in_scope(&event, &watch.namespaces) {
+        return None;
     }
+    if let Ok(e) = &event {
+        writer.apply_watcher_event(e);
+    }
+    if let Ok(watcher::Event::InitDone) = &event {
+        covered.send_replace(watch.namespaces.clone());
+    }
+    Some(event)
 }
 
 async fn next_of(watch: &mut Option<Watch>) -> Option<Result<watcher::Event<SlimPod>, watcher::Error>> {
