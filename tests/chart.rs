@@ -521,7 +521,7 @@ fn common_rights<'a>(
 }
 
 /// With the default values the release is accepted and its ServiceAccount may do exactly what the operator
-/// does, with `get secrets` in every namespace.
+/// does, with `get`, `list` and `watch secrets` (metadata watch) in every namespace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_grants_exactly_the_verbs_the_operator_uses() {
     let _serial = INSTALLS.lock().await;
@@ -533,8 +533,8 @@ async fn install_grants_exactly_the_verbs_the_operator_uses() {
     let ns: &[&str] = &["-n", &t.ns];
     let other_ns: &[&str] = &["-n", &other.ns];
     let mut expected = common_rights(ns, other_ns);
-    expected.push(("secrets", other_ns.to_vec(), &["get"]));
-    expected.push(("secrets", ALL_NS.to_vec(), &["get"]));
+    expected.push(("secrets", other_ns.to_vec(), &["get", "list", "watch"]));
+    expected.push(("secrets", ALL_NS.to_vec(), &["get", "list", "watch"]));
     assert_rights(&t.ns, &expected);
 }
 

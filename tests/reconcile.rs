@@ -8,6 +8,7 @@ use std::{collections::BTreeSet, time::Duration};
 use clb_operator::{
     api::{BackendState, ClbBackendBinding, TaskAction, TaskState},
     clb::Action,
+    controller::Config,
     emulator::{EmulatorHandle, Faults},
 };
 use common::{OperatorProcess, TestNs, eventually, scenario::*};
@@ -248,11 +249,8 @@ async fn mass_removal_is_batched_and_resync_is_free() {
     let (t, emu) = setup("batching").await;
     let tok = token_suffix();
     let nodes = nodes(&t, &tok, 100).await;
-    let mut args = run_args(&t, &emu);
-    args.resync = Duration::from_secs(1);
-    let _op = Operator(tokio::spawn(async move {
-        clb_operator::controller::run(args).await.unwrap();
-    }));
+    let config = Config { resync: Duration::from_secs(1), ..run_config(&t, &emu) };
+    let _op = start_operator_with(&t, config);
     binding(&t, "web", LB, false, json!({})).await;
     wait_ready_with(&t, "web", &ids(&nodes)).await;
 

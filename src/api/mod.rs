@@ -17,6 +17,9 @@ pub const TKE_INSTANCE_ID_LABEL: &str = "cloud.tencent.com/node-instance-id";
 /// Node annotation the operator sets (to the time, RFC 3339) once the node's CVM has been deregistered from every
 /// binding that owned it, and removes when a binding takes the node back; `clb-operator wait-drained` waits for it.
 pub const DEREGISTERED_AT_ANNOTATION: &str = "clb.tke.dev/deregistered-at";
+/// Binding annotation asking for a binding with a problem to be retried at once: any new value (e.g. the time)
+/// skips the rest of the backoff, for fixes the operator cannot see (a load balancer created meanwhile).
+pub const RETRY_ANNOTATION: &str = "clb.tke.dev/retry";
 /// Binding annotation that releases a deleting binding without touching the CLB.
 pub const FORCE_FINALIZE_ANNOTATION: &str = "clb.tke.dev/force-finalize";
 /// Node label that excludes a node from external load balancers (as in the upstream service controller).

@@ -42,15 +42,32 @@ const DESCRIBE_PAGE_SIZE: usize = 20;
 const FORM_CONTENT_TYPE: &str = "application/x-www-form-urlencoded";
 
 /// The HTTP method requests are sent with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum HttpMethod {
     /// Parameters in the query string (the documented normal case); long requests switch to POST by themselves.
     #[default]
-    #[value(name = "GET")]
     Get,
     /// Parameters in an `application/x-www-form-urlencoded` body.
-    #[value(name = "POST")]
     Post,
+}
+
+impl std::str::FromStr for HttpMethod {
+    type Err = String;
+
+    /// Parses the name as the API spells it (GET, POST).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "GET" => Ok(Self::Get),
+            "POST" => Ok(Self::Post),
+            other => Err(format!("`{other}` is not one of GET, POST")),
+        }
+    }
+}
+
+impl std::fmt::Display for HttpMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl HttpMethod {

@@ -1,7 +1,6 @@
 //! The Tencent Cloud CLB API v2 (`lb.api.qcloud.com/v2/index.php`): signing, a rate-limited retrying client,
-//! the task poller and the `clb` command. No Kubernetes types live here.
+//! and the task poller. No Kubernetes types and no command line live here.
 
-pub mod cli;
 mod client;
 mod credentials;
 mod error;
@@ -14,7 +13,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-pub use client::{ClbClient, ClientConfig, DEFAULT_ENDPOINT, HttpMethod, Observer, RetryConfig};
+pub use client::{
+    ClbClient, ClientConfig, DEFAULT_ENDPOINT, DEFAULT_REGION, HttpMethod, Observer, RetryConfig,
+};
 pub use credentials::{Credentials, ENV_SECRET_ID, ENV_SECRET_KEY, ENV_SESSION_TOKEN, SecretString};
 pub use error::{CODE_NOT_FOUND, ClbError, RETRYABLE_CODES};
 pub use sign::SignMethod;

@@ -16,16 +16,33 @@ pub const SIGNATURE: &str = "Signature";
 pub const SIGNATURE_METHOD: &str = "SignatureMethod";
 
 /// The HMAC digest a request is signed with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum SignMethod {
     /// HMAC-SHA1: what the API assumes when `SignatureMethod` is absent or anything but `HmacSHA256`, and the
     /// default of Tencent's own v2 SDK.
     #[default]
-    #[value(name = "HmacSHA1")]
     HmacSha1,
     /// HMAC-SHA256, used only when `SignatureMethod` is exactly `HmacSHA256`.
-    #[value(name = "HmacSHA256")]
     HmacSha256,
+}
+
+impl std::str::FromStr for SignMethod {
+    type Err = String;
+
+    /// Parses the name as the API spells it (HmacSHA1, HmacSHA256).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "HmacSHA1" => Ok(Self::HmacSha1),
+            "HmacSHA256" => Ok(Self::HmacSha256),
+            other => Err(format!("`{other}` is not one of HmacSHA1, HmacSHA256")),
+        }
+    }
+}
+
+impl std::fmt::Display for SignMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl SignMethod {

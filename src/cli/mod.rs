@@ -1,9 +1,14 @@
-//! The command line: `run`, `crd`, `emulator` and `clb ...`, dispatched to the module that owns each.
+//! The command line: every subcommand's flags live here, turned into the plain configuration of the module
+//! that does the work.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+pub mod clb;
+pub mod emulator;
+pub mod kube;
+pub mod run;
 pub mod wait_drained;
 
 /// Kubernetes operator for Tencent Cloud CLB backends.
@@ -31,15 +36,15 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the operator.
-    Run(crate::controller::RunArgs),
+    Run(run::RunArgs),
     /// Print the CustomResourceDefinition YAML (what `crds/` holds).
     Crd,
     /// Wait until no ClbBackendBinding owns the node's CVM (for drain scripts and lifecycle hooks).
     WaitDrained(wait_drained::WaitDrainedArgs),
     /// Run a local CLB API v2 endpoint with signature checks, async tasks and fault injection.
-    Emulator(crate::emulator::EmulatorArgs),
+    Emulator(emulator::EmulatorArgs),
     /// Talk to a CLB API v2 endpoint directly.
-    Clb(crate::clb::cli::ClbArgs),
+    Clb(clb::ClbArgs),
 }
 
 /// Parses the command line, runs the chosen command and turns its outcome into the process exit code.
@@ -49,7 +54,7 @@ pub async fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => {
             crate::telemetry::init(json, "info");
-            match crate::controller::run(args).await {
+            match run::run(args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "Operator failed");
@@ -73,11 +78,11 @@ pub async fn main() -> ExitCode {
         }
         Command::Emulator(args) => {
             crate::telemetry::init(json, "info");
-            crate::emulator::run(args).await
+            emulator::run(args).await
         }
         Command::Clb(args) => {
             crate::telemetry::init(json, "warn");
-            crate::clb::cli::run(args).await
+            clb::run(args).await
         }
     }
 }

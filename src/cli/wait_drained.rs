@@ -38,7 +38,7 @@ fn owners(bindings: &[ClbBackendBinding], node: &str) -> Vec<String> {
 /// Polls every 250 ms until no binding lists a backend on the node (exit 0, at once if none ever did), or the
 /// timeout passes (exit 1, naming what still owns it).
 pub async fn run(args: WaitDrainedArgs) -> ExitCode {
-    let client = match crate::controller::kube_client(args.kubeconfig.as_deref()).await {
+    let client = match super::kube::client(args.kubeconfig.as_deref()).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -85,7 +85,7 @@ pub async fn run(args: WaitDrainedArgs) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{BackendState, BackendStatus, ClbBackendBindingStatus};
+    use crate::api::{BackendState, ClbBackendBindingStatus};
 
     /// Only backends on the asked node count, with their binding and state.
     #[test]
@@ -96,13 +96,7 @@ mod tests {
             "spec": {"loadBalancerId": "lb-a1", "region": "gz", "targets": {"nodeSelector": {}}},
         }))
         .unwrap();
-        let backend = |id: &str, node: &str, state| BackendStatus {
-            instance_id: id.into(),
-            node: Some(node.into()),
-            state,
-            request_id: None,
-            reason: None,
-        };
+        use crate::controller::fixtures::backend;
         b.status = Some(ClbBackendBindingStatus {
             backends: vec![
                 backend("ins-a", "node-a", BackendState::Deregistering),

@@ -154,28 +154,18 @@ fn drop_from<K: std::hash::Hash + Eq + Clone>(map: &mut HashMap<K, HashSet<Key>>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use crate::controller::fixtures;
 
     fn key(name: &str) -> Key {
         ObjectRef::new(name).within("ns")
     }
 
     fn node(name: &str, labels: &[(&str, &str)]) -> Node {
-        Node {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
-                ..Default::default()
-            },
-            ..Default::default()
-        }
+        fixtures::node(name, labels, None)
     }
 
     fn pod(ns: &str) -> SlimPod {
-        SlimPod {
-            metadata: ObjectMeta { name: Some("p".into()), namespace: Some(ns.into()), ..Default::default() },
-            ..Default::default()
-        }
+        fixtures::slim_pod("p", ns, None, false)
     }
 
     fn sorted(mut v: Vec<Key>) -> Vec<String> {

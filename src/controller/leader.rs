@@ -22,6 +22,13 @@ pub struct LeaseSettings {
     pub duration: Duration,
 }
 
+impl Default for LeaseSettings {
+    /// Lease `clb-operator` in namespace `default`, held for 15 s.
+    fn default() -> Self {
+        Self { namespace: "default".into(), name: MANAGER.into(), duration: Duration::from_secs(15) }
+    }
+}
+
 /// This replica's identity in the lease: the pod name when running in a cluster.
 pub fn identity() -> String {
     std::env::var("POD_NAME").unwrap_or_else(|_| format!("{MANAGER}-{:08x}", rand::random::<u32>()))

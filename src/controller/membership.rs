@@ -219,58 +219,14 @@ fn to_selector(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{DeletionPolicy, Targets};
-    use k8s_openapi::{
-        api::core::v1::{NodeSpec, Taint},
-        apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time},
+    use crate::{
+        api::Targets,
+        controller::fixtures::{node, selector, slim_pod, spec},
     };
-
-    fn node(name: &str, labels: &[(&str, &str)], provider: Option<&str>) -> Node {
-        Node {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
-                ..Default::default()
-            },
-            spec: Some(NodeSpec { provider_id: provider.map(Into::into), ..Default::default() }),
-            status: None,
-        }
-    }
+    use k8s_openapi::{api::core::v1::Taint, apimachinery::pkg::apis::meta::v1::Time};
 
     fn pod(name: &str, ns: &str, node: &str, ready: bool) -> SlimPod {
-        use crate::controller::slim::{SlimCondition, SlimPodSpec, SlimPodStatus};
-        SlimPod {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some(ns.into()),
-                labels: Some([("app".to_string(), "web".to_string())].into()),
-                ..Default::default()
-            },
-            spec: SlimPodSpec { node_name: Some(node.into()) },
-            status: SlimPodStatus {
-                phase: Some("Running".into()),
-                conditions: vec![SlimCondition {
-                    type_: "Ready".into(),
-                    status: if ready { "True" } else { "False" }.into(),
-                }],
-            },
-        }
-    }
-
-    fn selector(k: &str, v: &str) -> LabelSelector {
-        LabelSelector { match_labels: Some([(k.to_string(), v.to_string())].into()), ..Default::default() }
-    }
-
-    fn spec(targets: Targets) -> ClbBackendBindingSpec {
-        ClbBackendBindingSpec {
-            load_balancer_id: "lb-abcd1234".into(),
-            region: "gz".into(),
-            credentials_secret_ref: None,
-            targets,
-            weight: 10,
-            drain: DrainPolicy::default(),
-            deletion_policy: DeletionPolicy::Deregister,
-        }
+        slim_pod(name, ns, Some(node), ready)
     }
 
     fn now() -> Timestamp {
@@ -413,7 +369,7 @@ mod tests {
     /// A selector with an unknown operator is reported, not silently treated as "select nothing".
     #[test]
     fn invalid_selector_is_an_error() {
-        let bad = LabelSelector {
+        let bad = k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
             match_expressions: Some(vec![
                 k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement {
                     key: "role".into(),

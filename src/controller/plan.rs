@@ -4,19 +4,37 @@ use std::{collections::BTreeSet, time::Duration};
 
 use jiff::Timestamp;
 
-use super::membership::{LeaveReason, Membership};
+use super::{
+    backoff::Exponential,
+    membership::{LeaveReason, Membership},
+};
 use crate::api::{BackendState, BackendStatus, TaskAction, TaskRecord, TaskState};
 
-/// An instance ID with what goes with it: its node when joining, its reason when leaving.
-pub type Tagged = (String, String);
+/// An owned instance that must leave the load balancer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leave {
+    /// CVM instance ID.
+    pub instance: String,
+    /// Why it leaves, as recorded in the status (e.g. `NodeDeleted`, `Taint/ToBeDeletedByClusterAutoscaler`).
+    pub reason: String,
+}
+
+/// A desired instance the binding does not own yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Join {
+    /// CVM instance ID.
+    pub instance: String,
+    /// The node it belongs to.
+    pub node: String,
+}
 
 /// The changes a binding needs, before the CLB is asked which joining instances it already has.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     /// Owned, registered instances that must leave, each with the reason recorded in the status.
-    pub deregister: Vec<Tagged>,
+    pub deregister: Vec<Leave>,
     /// Desired instances the binding does not own yet, with their node.
-    pub join: Vec<Tagged>,
+    pub join: Vec<Join>,
 }
 
 /// Compares what should serve with what the binding owns. Instances with a task in flight are left alone until
@@ -38,28 +56,35 @@ pub fn plan(
                     Some(node) if node_exists(node) => LeaveReason::NotSelected,
                     _ => LeaveReason::NodeDeleted,
                 });
-            (b.instance_id.clone(), reason.to_string())
+            Leave { instance: b.instance_id.clone(), reason: reason.to_string() }
         })
         .collect();
     let join = membership
         .desired
         .iter()
         .filter(|(id, _)| !owned.contains(id.as_str()))
-        .map(|(id, node)| (id.clone(), node.clone()))
+        .map(|(id, node)| Join { instance: id.clone(), node: node.clone() })
         .collect();
     Plan { deregister, join }
 }
 
-/// Splits joining instances into those already on the load balancer (adopted without a Register call) and
-/// those to register.
-pub fn split_join(join: Vec<Tagged>, on_load_balancer: &BTreeSet<String>) -> (Vec<Tagged>, Vec<Tagged>) {
-    join.into_iter().partition(|(id, _)| on_load_balancer.contains(id))
+impl Plan {
+    /// Whether nothing needs to change.
+    pub fn is_empty(&self) -> bool {
+        self.deregister.is_empty() && self.join.is_empty()
+    }
 }
 
-/// First delay after a failed task; it doubles with each consecutive failure.
-pub const RETRY_INITIAL: Duration = Duration::from_secs(2);
-/// Longest delay between retries of a failing action.
-pub const RETRY_MAX: Duration = Duration::from_secs(300);
+/// Splits joining instances into those already on the load balancer (adopted without a Register call) and
+/// those to register.
+pub fn split_join(join: Vec<Join>, on_load_balancer: &BTreeSet<String>) -> (Vec<Join>, Vec<Join>) {
+    join.into_iter().partition(|j| on_load_balancer.contains(&j.instance))
+}
+
+/// Retries of a failing action: 2 s after the first failed task, doubling with each consecutive one, 5 min at
+/// most.
+pub const TASK_RETRY: Exponential =
+    Exponential { initial: Duration::from_secs(2), max: Duration::from_secs(300) };
 
 /// When `action` may be submitted again: after the newest run of consecutive failed tasks of that action, back
 /// off exponentially from the last failure. `None` means at once. Derived from the status, so a restart keeps it.
@@ -67,7 +92,7 @@ pub fn retry_at(tasks: &[TaskRecord], action: TaskAction) -> Option<Timestamp> {
     let mut finished = tasks.iter().filter(|t| t.action == action && t.state != TaskState::Running);
     let newest = finished.next().filter(|t| t.state == TaskState::Failed)?;
     let failures = 1 + finished.take_while(|t| t.state == TaskState::Failed).count() as u32;
-    let delay = RETRY_INITIAL.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(RETRY_MAX);
+    let delay = TASK_RETRY.delay(failures);
     let since = newest.completed_at.as_ref().map(|t| t.0).unwrap_or(newest.submitted_at.0);
     // Status times come back from the API server truncated to whole seconds; counting from the end of that
     // second keeps every retry at least `delay` after the real failure.
@@ -79,15 +104,7 @@ mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-    fn backend(id: &str, node: &str, state: BackendState) -> BackendStatus {
-        BackendStatus {
-            instance_id: id.into(),
-            node: Some(node.into()),
-            state,
-            request_id: None,
-            reason: None,
-        }
-    }
+    use crate::controller::fixtures::backend;
 
     fn membership(desired: &[(&str, &str)], leaving: &[(&str, LeaveReason)]) -> Membership {
         Membership {
@@ -111,17 +128,18 @@ mod tests {
             &[("ins-b", LeaveReason::Taint("karpenter.sh/disrupted".into()))],
         );
         let p = plan(&backends, &m, |n| n != "c", false);
+        let leave = |i: &str, r: &str| Leave { instance: i.into(), reason: r.into() };
         assert_eq!(
             p.deregister,
             [
-                ("ins-b".to_string(), "Taint/karpenter.sh/disrupted".to_string()),
-                ("ins-c".to_string(), "NodeDeleted".to_string()),
-                ("ins-d".to_string(), "NotSelected".to_string()),
+                leave("ins-b", "Taint/karpenter.sh/disrupted"),
+                leave("ins-c", "NodeDeleted"),
+                leave("ins-d", "NotSelected"),
             ]
         );
-        assert_eq!(p.join, [("ins-e".to_string(), "e".to_string())]);
+        assert_eq!(p.join, [Join { instance: "ins-e".into(), node: "e".into() }]);
         let p = plan(&backends[3..], &membership(&[], &[]), |_| true, true);
-        assert_eq!(p.deregister[0].1, "NoReadyPods");
+        assert_eq!(p.deregister[0].reason, "NoReadyPods");
     }
 
     /// Instances with a task in flight are not planned again, in either direction.
@@ -145,10 +163,11 @@ mod tests {
     /// Instances already on the load balancer are adopted rather than registered again.
     #[test]
     fn split_join_adopts_instances_already_on_the_load_balancer() {
-        let join = vec![("ins-a".to_string(), "a".to_string()), ("ins-b".to_string(), "b".to_string())];
-        let (adopt, register) = split_join(join, &["ins-b".to_string()].into());
-        assert_eq!(adopt, [("ins-b".to_string(), "b".to_string())]);
-        assert_eq!(register, [("ins-a".to_string(), "a".to_string())]);
+        let join = |i: &str, n: &str| Join { instance: i.into(), node: n.into() };
+        let (adopt, register) =
+            split_join(vec![join("ins-a", "a"), join("ins-b", "b")], &["ins-b".into()].into());
+        assert_eq!(adopt, [join("ins-b", "b")]);
+        assert_eq!(register, [join("ins-a", "a")]);
     }
 
     fn task(action: TaskAction, state: TaskState, completed_secs: i64) -> TaskRecord {

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use super::plan::{Join, Leave};
 use crate::api::{BackendState, BackendStatus, ClbBackendBindingStatus, TaskAction, TaskRecord, TaskState};
 
 /// How many finished tasks the status keeps, newest first, after the running ones.
@@ -14,44 +15,50 @@ pub const TASK_HISTORY: usize = 10;
 pub fn deregister_submitted(
     status: &mut ClbBackendBindingStatus,
     request_id: u64,
-    instances: &[(String, String)],
+    instances: &[Leave],
     now: Timestamp,
 ) {
-    for (id, reason) in instances {
-        if let Some(b) = status.backends.iter_mut().find(|b| &b.instance_id == id) {
+    for leave in instances {
+        if let Some(b) = status.backends.iter_mut().find(|b| b.instance_id == leave.instance) {
             b.state = BackendState::Deregistering;
             b.request_id = Some(request_id);
-            b.reason = Some(reason.clone());
+            b.reason = Some(leave.reason.clone());
         }
     }
-    push_running(status, request_id, TaskAction::Deregister, instances.iter().map(|(i, _)| i.clone()), now);
+    push_running(
+        status,
+        request_id,
+        TaskAction::Deregister,
+        instances.iter().map(|l| l.instance.clone()),
+        now,
+    );
 }
 
 /// Records a submitted Register task: its instances join `backends` as `Registering`.
 pub fn register_submitted(
     status: &mut ClbBackendBindingStatus,
     request_id: u64,
-    instances: &[(String, String)],
+    instances: &[Join],
     now: Timestamp,
 ) {
-    for (id, node) in instances {
+    for join in instances {
         status.backends.push(BackendStatus {
-            instance_id: id.clone(),
-            node: Some(node.clone()),
+            instance_id: join.instance.clone(),
+            node: Some(join.node.clone()),
             state: BackendState::Registering,
             request_id: Some(request_id),
             reason: None,
         });
     }
-    push_running(status, request_id, TaskAction::Register, instances.iter().map(|(i, _)| i.clone()), now);
+    push_running(status, request_id, TaskAction::Register, instances.iter().map(|j| j.instance.clone()), now);
 }
 
 /// Records instances that are owned from now on without a Register call, because they already serve.
-pub fn adopted(status: &mut ClbBackendBindingStatus, instances: &[(String, String)]) {
-    for (id, node) in instances {
+pub fn adopted(status: &mut ClbBackendBindingStatus, instances: &[Join]) {
+    for join in instances {
         status.backends.push(BackendStatus {
-            instance_id: id.clone(),
-            node: Some(node.clone()),
+            instance_id: join.instance.clone(),
+            node: Some(join.node.clone()),
             state: BackendState::Registered,
             request_id: None,
             reason: None,
@@ -121,6 +128,109 @@ pub fn task_finished(
 /// The running tasks' requestIds.
 pub fn running_tasks(status: &ClbBackendBindingStatus) -> Vec<u64> {
     status.tasks.iter().filter(|t| t.state == TaskState::Running).map(|t| t.request_id).collect()
+}
+
+/// What one batch of a submission came to (reported by the act step, recorded here).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome<T> {
+    /// The CLB accepted the batch as a task.
+    Task {
+        /// The task's requestId.
+        request_id: u64,
+        /// What the task acts on.
+        batch: Vec<T>,
+    },
+    /// The instances (or, for a Register, the load balancer) do not exist on the CLB.
+    Gone(Vec<T>),
+    /// The call failed after its retries.
+    Failed(Problem),
+}
+
+/// What recording a step found that the rest of the reconcile needs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Recorded {
+    /// Problems met.
+    pub problems: Vec<Problem>,
+    /// Nodes whose instances this binding stopped owning.
+    pub released: BTreeSet<String>,
+    /// Nodes whose instances this binding (re)claimed.
+    pub claimed: BTreeSet<String>,
+    /// Finished tasks: (requestId, action, succeeded, instances), for events and metrics.
+    pub finished: Vec<(u64, TaskAction, bool, Vec<String>)>,
+}
+
+impl Recorded {
+    /// Adds what another step found.
+    pub fn extend(&mut self, other: Recorded) {
+        self.problems.extend(other.problems);
+        self.released.extend(other.released);
+        self.claimed.extend(other.claimed);
+        self.finished.extend(other.finished);
+    }
+}
+
+fn nodes_of(status: &ClbBackendBindingStatus, which: impl Fn(&BackendStatus) -> bool) -> BTreeSet<String> {
+    status.backends.iter().filter(|b| which(b)).filter_map(|b| b.node.clone()).collect()
+}
+
+/// Records polled tasks that finished (requestId, succeeded).
+pub fn polled(status: &mut ClbBackendBindingStatus, finished: &[(u64, bool)], now: Timestamp) -> Recorded {
+    let mut r = Recorded::default();
+    for &(request_id, succeeded) in finished {
+        let nodes = nodes_of(status, |b| b.request_id == Some(request_id));
+        let Some((action, ids)) = task_finished(status, request_id, succeeded, now) else { continue };
+        match (action, succeeded) {
+            (TaskAction::Deregister, true) => r.released.extend(nodes),
+            (TaskAction::Register, true) => r.claimed.extend(nodes),
+            _ => {}
+        }
+        r.finished.push((request_id, action, succeeded, ids));
+    }
+    r
+}
+
+/// Records the outcomes of Deregister submissions.
+pub fn deregistered(
+    status: &mut ClbBackendBindingStatus,
+    outcomes: &[Outcome<Leave>],
+    now: Timestamp,
+) -> Recorded {
+    let mut r = Recorded::default();
+    for outcome in outcomes {
+        match outcome {
+            Outcome::Task { request_id, batch } => deregister_submitted(status, *request_id, batch, now),
+            Outcome::Gone(batch) => {
+                let ids: Vec<String> = batch.iter().map(|l| l.instance.clone()).collect();
+                r.released.extend(nodes_of(status, |b| ids.contains(&b.instance_id)));
+                already_gone(status, &ids);
+            }
+            Outcome::Failed(problem) => r.problems.push(problem.clone()),
+        }
+    }
+    r
+}
+
+/// Records instances adopted without a call and the outcomes of Register submissions.
+pub fn joined(
+    status: &mut ClbBackendBindingStatus,
+    adopt: &[Join],
+    outcomes: &[Outcome<Join>],
+    now: Timestamp,
+) -> Recorded {
+    let mut r = Recorded::default();
+    adopted(status, adopt);
+    r.claimed.extend(adopt.iter().map(|j| j.node.clone()));
+    for outcome in outcomes {
+        match outcome {
+            Outcome::Task { request_id, batch } => {
+                register_submitted(status, *request_id, batch, now);
+                r.claimed.extend(batch.iter().map(|j| j.node.clone()));
+            }
+            Outcome::Gone(_) => {}
+            Outcome::Failed(problem) => r.problems.push(problem.clone()),
+        }
+    }
+    r
 }
 
 /// Something that keeps a binding from being in sync, shown as `Degraded=True`.
@@ -244,13 +354,15 @@ mod tests {
     }
 
     fn registered(id: &str) -> BackendStatus {
-        BackendStatus {
-            instance_id: id.into(),
-            node: Some(format!("node-{id}")),
-            state: BackendState::Registered,
-            request_id: None,
-            reason: None,
-        }
+        crate::controller::fixtures::backend(id, &format!("node-{id}"), BackendState::Registered)
+    }
+
+    fn leave(id: &str, reason: &str) -> Leave {
+        Leave { instance: id.into(), reason: reason.into() }
+    }
+
+    fn join(id: &str, node: &str) -> Join {
+        Join { instance: id.into(), node: node.into() }
     }
 
     fn condition<'a>(s: &'a ClbBackendBindingStatus, type_: &str) -> &'a Condition {
@@ -264,7 +376,7 @@ mod tests {
             backends: vec![registered("ins-a"), registered("ins-b")],
             ..Default::default()
         };
-        deregister_submitted(&mut s, 7, &[("ins-a".into(), "NodeDeleted".into())], t(10));
+        deregister_submitted(&mut s, 7, &[leave("ins-a", "NodeDeleted")], t(10));
         assert_eq!(s.backends[0].state, BackendState::Deregistering);
         assert_eq!(s.backends[0].request_id, Some(7));
         assert_eq!(s.backends[0].reason.as_deref(), Some("NodeDeleted"));
@@ -282,8 +394,8 @@ mod tests {
     #[test]
     fn failed_tasks_restore_previous_state() {
         let mut s = ClbBackendBindingStatus { backends: vec![registered("ins-a")], ..Default::default() };
-        deregister_submitted(&mut s, 1, &[("ins-a".into(), "NotSelected".into())], t(1));
-        register_submitted(&mut s, 2, &[("ins-b".into(), "node-b".into())], t(1));
+        deregister_submitted(&mut s, 1, &[leave("ins-a", "NotSelected")], t(1));
+        register_submitted(&mut s, 2, &[join("ins-b", "node-b")], t(1));
         assert_eq!(running_tasks(&s), [2, 1]);
         task_finished(&mut s, 1, false, t(2));
         task_finished(&mut s, 2, false, t(2));
@@ -296,7 +408,7 @@ mod tests {
     fn task_history_is_ordered_and_bounded() {
         let mut s = ClbBackendBindingStatus::default();
         for id in 0..15 {
-            register_submitted(&mut s, id, &[(format!("ins-{id}"), "n".into())], t(id as i64));
+            register_submitted(&mut s, id, &[join(&format!("ins-{id}"), "n")], t(id as i64));
         }
         for id in 0..14 {
             task_finished(&mut s, id, true, t(100 + id as i64));
@@ -326,7 +438,7 @@ mod tests {
             "unchanged status keeps its time"
         );
 
-        deregister_submitted(&mut s, 5, &[("ins-a".into(), "x".into())], t(30));
+        deregister_submitted(&mut s, 5, &[leave("ins-a", "x")], t(30));
         summarize(&mut s, Some(3), &BTreeSet::new(), false, None, t(30));
         assert_eq!(condition(&s, "Ready").status, "False");
         assert_eq!(condition(&s, "Progressing").status, "True");

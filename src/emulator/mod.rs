@@ -18,7 +18,6 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Args;
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -28,50 +27,12 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 use url::Url;
 
-use crate::clb::{Credentials, ENV_SECRET_ID, ENV_SECRET_KEY, SecretString};
+use crate::clb::{Credentials, ENV_SECRET_ID, ENV_SECRET_KEY};
 use server::{Emulator, lock, now_ms};
 pub use state::{BackendView, CallRecord, LoadBalancerView, StateView, TaskRecord};
 
 /// The path the emulator advertises in its endpoint URL (the real API's path; any path is served).
 pub const API_PATH: &str = "/v2/index.php";
-
-/// Arguments of `clb-operator emulator`.
-#[derive(Debug, Args)]
-pub struct EmulatorArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:9000")]
-    pub listen: SocketAddr,
-    /// The only SecretId the emulator accepts.
-    #[arg(long, env = ENV_SECRET_ID)]
-    pub secret_id: Option<String>,
-    /// The SecretKey requests must be signed with.
-    #[arg(long, env = ENV_SECRET_KEY, hide_env_values = true)]
-    pub secret_key: Option<SecretString>,
-    /// How long a Register/Deregister task runs before it ends, e.g. `500ms`.
-    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
-    pub task_duration: Duration,
-    /// Share of tasks that end failed (status 1), 0..=1.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
-    pub task_fail_rate: f64,
-    /// Share of authenticated requests answered 6000 (internal error), 0..=1.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
-    pub error_rate: f64,
-    /// Delay added before answering each API request, e.g. `50ms`.
-    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
-    pub latency: Duration,
-    /// Most backends per Register/Deregister call; more is answered 4000.
-    #[arg(long, default_value_t = 20)]
-    pub max_batch: usize,
-    /// Requests per second admitted per action (more is answered 4400); 0 admits all.
-    #[arg(long, default_value_t = 0)]
-    pub qps: u32,
-    /// A load balancer to start with, optionally with backends: `lb-x` or `lb-x=ins-a,ins-b` (repeatable).
-    #[arg(long = "load-balancer", value_name = "LB[=INSTANCE,...]")]
-    pub load_balancers: Vec<SeedLoadBalancer>,
-    /// JSON file that keeps load balancers and tasks across restarts (read at start, written on change).
-    #[arg(long)]
-    pub state_file: Option<PathBuf>,
-}
 
 /// A pre-seeded load balancer: `lb-x` or `lb-x=ins-a,ins-b`; seeded backends get weight 10.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,11 +132,6 @@ fn serialize_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Err
 fn deserialize_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(&text).map(Some).map_err(serde::de::Error::custom)
-}
-
-fn parse_rate(s: &str) -> Result<f64, String> {
-    let rate: f64 = s.parse().map_err(|e| format!("{e}"))?;
-    if (0.0..=1.0).contains(&rate) { Ok(rate) } else { Err(format!("{rate} is not within 0..=1")) }
 }
 
 /// Everything an emulator starts with.
@@ -282,6 +238,13 @@ impl EmulatorHandle {
     /// A snapshot of the state, including the call log.
     pub fn state(&self) -> StateView {
         lock(&self.emulator.store).view(true)
+    }
+
+    /// Creates an empty load balancer `id` while the emulator runs; false if it exists already.
+    pub fn add_load_balancer(&self, id: &str) -> bool {
+        let added = lock(&self.emulator.store).add_load_balancer(id);
+        self.emulator.changed.notify_one();
+        added
     }
 
     /// The current faults.
@@ -412,9 +375,10 @@ async fn load_state(path: &Path) -> Result<Option<StateView>, EmulatorError> {
     }
 }
 
-/// Runs `clb-operator emulator` until SIGINT or SIGTERM. Prints the endpoint URL on stdout once listening.
-pub async fn run(args: EmulatorArgs) -> ExitCode {
-    match serve_until_signal(args).await {
+/// Runs `clb-operator emulator` on `listen` until SIGINT or SIGTERM. Prints the endpoint URL on stdout once
+/// listening.
+pub async fn run(config: EmulatorConfig, listen: SocketAddr) -> ExitCode {
+    match serve_until_signal(config, listen).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -423,28 +387,10 @@ pub async fn run(args: EmulatorArgs) -> ExitCode {
     }
 }
 
-async fn serve_until_signal(args: EmulatorArgs) -> Result<(), EmulatorError> {
-    let (Some(secret_id), Some(secret_key)) = (args.secret_id.filter(|s| !s.is_empty()), args.secret_key)
-    else {
-        return Err(EmulatorError::MissingCredentials);
-    };
-    let config = EmulatorConfig {
-        credentials: Credentials::new(secret_id, secret_key.expose(), None),
-        faults: Faults {
-            task_duration: args.task_duration,
-            task_fail_rate: args.task_fail_rate,
-            error_rate: args.error_rate,
-            latency: args.latency,
-        },
-        max_batch: args.max_batch,
-        qps: args.qps,
-        load_balancers: args.load_balancers,
-        state_file: args.state_file,
-        ..EmulatorConfig::default()
-    };
-    let listener = TcpListener::bind(args.listen)
+async fn serve_until_signal(config: EmulatorConfig, listen: SocketAddr) -> Result<(), EmulatorError> {
+    let listener = TcpListener::bind(listen)
         .await
-        .map_err(|error| EmulatorError::Listen { addr: args.listen.to_string(), error })?;
+        .map_err(|error| EmulatorError::Listen { addr: listen.to_string(), error })?;
     let handle = spawn(config, listener).await?;
     info!(endpoint = %handle.endpoint(), "CLB emulator listening");
     println!("{}", handle.endpoint());

@@ -154,6 +154,15 @@ impl Store {
         }
     }
 
+    /// Creates an empty load balancer (as buying one does); false if it exists already.
+    pub(crate) fn add_load_balancer(&mut self, id: &str) -> bool {
+        if self.lbs.contains_key(id) {
+            return false;
+        }
+        self.lbs.insert(id.to_owned(), BTreeMap::new());
+        true
+    }
+
     /// A snapshot; `with_calls: false` for the state file.
     pub(crate) fn view(&self, with_calls: bool) -> StateView {
         StateView {

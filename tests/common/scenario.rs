@@ -5,8 +5,8 @@ use std::{collections::BTreeSet, time::Duration};
 
 use clb_operator::{
     api::{BackendState, ClbBackendBinding, ClbBackendBindingStatus},
-    clb::Action,
-    controller::RunArgs,
+    clb::{Action, ClientConfig},
+    controller::Config,
     emulator::{self, EmulatorConfig, EmulatorHandle, Faults, SeedLoadBalancer},
 };
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -44,36 +44,32 @@ impl Drop for Operator {
     }
 }
 
-/// The operator's arguments for a test: the shipped defaults (so the tests run the settle time, batch size and
-/// backoffs users get), pointed at the test's cluster, namespace and emulator.
-pub fn run_args(t: &TestNs, emu: &EmulatorHandle) -> RunArgs {
-    #[derive(clap::Parser)]
-    struct Defaults {
-        #[command(flatten)]
-        run: RunArgs,
-    }
-    let Defaults { run } = <Defaults as clap::Parser>::parse_from(["clb-operator"]);
-    RunArgs {
-        kubeconfig: Some(t.plane.kubeconfig.clone()),
+/// The operator's configuration for a test: the shipped defaults (so the tests run the settle time, batch size
+/// and backoffs users get), pointed at the test's namespace and emulator.
+pub fn run_config(t: &TestNs, emu: &EmulatorHandle) -> Config {
+    let defaults = Config::default();
+    Config {
         namespace: Some(t.ns.clone()),
-        clb_endpoint: emu.endpoint(),
+        clb: ClientConfig { endpoint: emu.endpoint(), rate_limit_per_second: 50, ..defaults.clb },
         http_addr: "127.0.0.1:0".parse().unwrap(),
         concurrency: 4,
-        rate_limit: 50,
-        leader_elect: false,
-        leader_election_namespace: t.ns.clone(),
-        leader_election_lease: "clb-operator".into(),
-        ..run
+        ..defaults
     }
 }
 
-pub fn start_operator(t: &TestNs, emu: &EmulatorHandle) -> Operator {
-    let args = run_args(t, emu);
+/// Runs the operator with `config` in process, against the test's control plane, until dropped.
+pub fn start_operator_with(t: &TestNs, config: Config) -> Operator {
+    let client = t.client.clone();
     Operator(tokio::spawn(async move {
-        if let Err(e) = clb_operator::controller::run(args).await {
+        if let Err(e) = clb_operator::controller::run(config, client).await {
             panic!("operator failed: {e:#}");
         }
     }))
+}
+
+/// Runs the operator with the test defaults ([`run_config`]) in process, until dropped.
+pub fn start_operator(t: &TestNs, emu: &EmulatorHandle) -> Operator {
+    start_operator_with(t, run_config(t, emu))
 }
 
 /// A lowercase alphanumeric token, so instance IDs (`ins-<token><n>`) are unique per test.

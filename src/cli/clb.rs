@@ -9,10 +9,9 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use url::Url;
 
-use crate::clb::client::DEFAULT_REGION;
 use crate::clb::{
-    BatchOutcome, ClbClient, ClbError, ClientConfig, Credentials, DEFAULT_ENDPOINT, HttpMethod, PollBackoff,
-    RetryConfig, SignMethod, Submitted, TaskState,
+    BatchOutcome, ClbClient, ClbError, ClientConfig, Credentials, DEFAULT_ENDPOINT, DEFAULT_REGION,
+    HttpMethod, PollBackoff, RetryConfig, SignMethod, Submitted, TaskState,
 };
 
 /// Arguments of `clb-operator clb`. Credentials come only from the environment (`TENCENTCLOUD_SECRET_ID`,
@@ -27,10 +26,10 @@ pub struct ClbArgs {
     pub region: String,
     /// Signature digest. HmacSHA1 is the default of Tencent's v2 SDK and what the API assumes when no
     /// SignatureMethod is sent.
-    #[arg(long, value_enum, default_value_t = SignMethod::HmacSha1, global = true)]
+    #[arg(long, default_value_t = SignMethod::HmacSha1, global = true)]
     pub sign_method: SignMethod,
     /// HTTP method; GET switches to POST by itself when the URL would be too long.
-    #[arg(long, value_enum, default_value_t = HttpMethod::Get, global = true)]
+    #[arg(long, default_value_t = HttpMethod::Get, global = true)]
     pub http_method: HttpMethod,
     /// Most instances per Register/Deregister call.
     #[arg(long, default_value_t = 20, global = true)]

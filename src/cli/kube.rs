@@ -1,0 +1,20 @@
+//! The Kubernetes client of the commands that need one.
+
+use anyhow::Context as _;
+use kube::{
+    Client,
+    config::{KubeConfigOptions, Kubeconfig},
+};
+
+/// A client from `--kubeconfig`, else `KUBECONFIG`, else the in-cluster service account.
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?
+        }
+        None => kube::Config::infer().await.context("no kubeconfig and not in a cluster")?,
+    };
+    Client::try_from(config).context("building the Kubernetes client")
+}

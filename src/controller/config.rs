@@ -1,0 +1,51 @@
+//! The operator's configuration as plain values, with the shipped defaults written once, here.
+
+use std::{net::SocketAddr, time::Duration};
+
+use super::{backoff::Exponential, leader::LeaseSettings, settle::Settle};
+use crate::clb::{ClientConfig, PollBackoff};
+
+/// Everything `run` needs to know; the command line fills it, and tests write `Config { .., ..Default::default() }`.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Watch bindings (and their pods and Secrets) in this namespace only; all namespaces when `None`.
+    pub namespace: Option<String>,
+    /// How the CLB is called: endpoint, batch size, rate limit, retries.
+    pub clb: ClientConfig,
+    /// Address serving /healthz, /readyz and /metrics.
+    pub http_addr: SocketAddr,
+    /// Bindings reconciled at the same time.
+    pub concurrency: u16,
+    /// How often an unchanged binding is looked at again (drift and credential rotation).
+    pub resync: Duration,
+    /// How submissions are coalesced.
+    pub settle: Settle,
+    /// Task polling schedule before task durations are learnt.
+    pub poll: PollBackoff,
+    /// Retries of a binding with a problem (load balancer not found, authentication, an invalid spec, ...) and
+    /// of reconciles that fail.
+    pub problem_backoff: Exponential,
+    /// Leader election, for more than one replica; `None` reconciles at once.
+    pub leader: Option<LeaseSettings>,
+}
+
+/// 2 s doubling to 5 min: a broken binding is retried quickly at first, then costs the CLB API a call every
+/// few minutes at most.
+pub const PROBLEM_BACKOFF: Exponential =
+    Exponential { initial: Duration::from_secs(2), max: Duration::from_secs(300) };
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            namespace: None,
+            clb: ClientConfig::default(),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            concurrency: 8,
+            resync: Duration::from_secs(300),
+            settle: Settle::default(),
+            poll: PollBackoff::default(),
+            problem_backoff: PROBLEM_BACKOFF,
+            leader: None,
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! What the operator remembers about each binding between reconciles: one map of one struct, forgotten in one
+//! call. Nothing here survives a restart, by design: what must survive lives in the binding's status.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Mutex, MutexGuard},
+    time::Duration,
+};
+
+use kube::{ResourceExt, runtime::reflector::ObjectRef};
+use tokio::time::Instant;
+
+use super::{backoff::Exponential, status::Problem};
+use crate::{
+    api::{ClbBackendBinding, ClbBackendBindingStatus},
+    clb::Credentials,
+};
+
+/// A binding's key in the caches.
+pub type Key = ObjectRef<ClbBackendBinding>;
+
+/// The per-binding memory of the operator.
+#[derive(Default)]
+pub struct Memory(Mutex<HashMap<Key, BindingMemory>>);
+
+/// Everything remembered about one binding.
+#[derive(Default)]
+struct BindingMemory {
+    /// The status this operator last wrote, until the watch has delivered it.
+    written: Option<Written>,
+    /// Consecutive reconciles that ended in an error (see [`Memory::errored`]).
+    errors: u32,
+    /// The problem being backed off, if any.
+    trouble: Option<Trouble>,
+    /// Since when submissions have been held back for changes to settle.
+    settling_since: Option<Instant>,
+    /// Warnings published already (`reason:text`), so that a condition seen on every reconcile is told once.
+    reported: HashSet<String>,
+    /// For Deregister tasks this process submitted: when the signals behind their instances were seen.
+    signals: HashMap<u64, Vec<Instant>>,
+    /// Credentials read from the binding's Secret, with the Secret's resourceVersion.
+    credentials: Option<(String, Credentials)>,
+}
+
+/// The status this operator last wrote for a binding, and the resourceVersion that write produced.
+struct Written {
+    resource_version: Option<String>,
+    status: ClbBackendBindingStatus,
+}
+
+/// A problem that is being retried with backoff.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Trouble {
+    /// What went wrong the last time.
+    pub problem: Problem,
+    /// What the attempt was made from (spec generation, Secret version, retry annotation, planned changes): a
+    /// different cause is a fix to try at once.
+    pub cause: u64,
+    /// Consecutive attempts that ended in a problem.
+    pub failures: u32,
+    /// When the next attempt is due.
+    pub retry_at: Instant,
+}
+
+impl Memory {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Key, BindingMemory>> {
+        // A panic while holding the lock cannot leave an entry half-written (every update is one assignment),
+        // so a poisoned map is still sound to use.
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn with<T>(&self, key: &Key, f: impl FnOnce(&mut BindingMemory) -> T) -> T {
+        f(self.lock().entry(key.clone()).or_default())
+    }
+
+    /// Like [`Self::with`], but only for a binding already remembered: clearing something never creates an
+    /// entry (a released binding's last reconcile must not bring its entry back).
+    fn clear(&self, key: &Key, f: impl FnOnce(&mut BindingMemory)) {
+        if let Some(m) = self.lock().get_mut(key) {
+            f(m);
+        }
+    }
+
+    /// The binding's status as the operator knows it. A reconcile can start before the watch has delivered the
+    /// operator's own last status write (a requeue timer, another event); acting on that stale copy would
+    /// submit a task twice or lose a requestId. So the last written status wins until the cache has caught up.
+    pub fn current_status(&self, binding: &ClbBackendBinding) -> ClbBackendBindingStatus {
+        let from_cache = binding.status.clone().unwrap_or_default();
+        let mut map = self.lock();
+        let Some(memory) = map.get_mut(&ObjectRef::from_obj(binding)) else { return from_cache };
+        let Some(w) = &memory.written else { return from_cache };
+        if cache_is_older(binding.resource_version(), w.resource_version.clone()) {
+            return w.status.clone();
+        }
+        memory.written = None;
+        from_cache
+    }
+
+    /// Remembers a status write and the resourceVersion it produced.
+    pub fn wrote(&self, key: &Key, resource_version: Option<String>, status: &ClbBackendBindingStatus) {
+        self.with(key, |m| m.written = Some(Written { resource_version, status: status.clone() }));
+    }
+
+    /// Counts a reconcile that ended in an error and returns how long to wait before the next one.
+    pub fn errored(&self, key: &Key, backoff: &Exponential) -> Duration {
+        self.with(key, |m| {
+            m.errors = m.errors.saturating_add(1);
+            backoff.jittered(m.errors, rand::random())
+        })
+    }
+
+    /// A reconcile finished without an error.
+    pub fn succeeded(&self, key: &Key) {
+        self.clear(key, |m| m.errors = 0);
+    }
+
+    /// The problem being backed off, if any.
+    pub fn trouble(&self, key: &Key) -> Option<Trouble> {
+        self.lock().get(key).and_then(|m| m.trouble.clone())
+    }
+
+    /// Records an attempt from `cause` that ended in `problem`: the backoff grows while the cause stays the
+    /// same, and starts over for a new one. Returns the wait before the next attempt.
+    pub fn troubled(
+        &self,
+        key: &Key,
+        problem: Problem,
+        cause: u64,
+        backoff: &Exponential,
+        now: Instant,
+    ) -> Duration {
+        self.with(key, |m| {
+            let failures = match &m.trouble {
+                Some(t) if t.cause == cause => t.failures.saturating_add(1),
+                _ => 1,
+            };
+            let wait = backoff.jittered(failures, rand::random());
+            m.trouble = Some(Trouble { problem, cause, failures, retry_at: now + wait });
+            wait
+        })
+    }
+
+    /// The problem is gone: the next one starts from the shortest wait.
+    pub fn untroubled(&self, key: &Key) {
+        self.clear(key, |m| m.trouble = None);
+    }
+
+    /// Since when the binding has been holding back submissions (`None`: it is not).
+    pub fn settling_since(&self, key: &Key) -> Option<Instant> {
+        self.lock().get(key).and_then(|m| m.settling_since)
+    }
+
+    /// Notes that the binding holds back (from `now`, unless it already was) or no longer does.
+    pub fn settling(&self, key: &Key, holding: bool, now: Instant) {
+        match holding {
+            true => self.with(key, |m| m.settling_since = m.settling_since.or(Some(now))),
+            false => self.clear(key, |m| m.settling_since = None),
+        }
+    }
+
+    /// Whether `what` is new for the binding since its problems last cleared (then it is remembered).
+    pub fn first_report(&self, key: &Key, what: String) -> bool {
+        self.with(key, |m| m.reported.insert(what))
+    }
+
+    /// The binding's problems cleared: warnings will be told again.
+    pub fn reports_cleared(&self, key: &Key) {
+        self.clear(key, |m| m.reported.clear());
+    }
+
+    /// Remembers when the signals behind a submitted Deregister task were seen.
+    pub fn deregister_submitted(&self, key: &Key, request_id: u64, signals: Vec<Instant>) {
+        self.with(key, |m| m.signals.insert(request_id, signals));
+    }
+
+    /// The signal times of a finished Deregister task, if this process submitted it.
+    pub fn deregister_finished(&self, key: &Key, request_id: u64) -> Vec<Instant> {
+        self.with(key, |m| m.signals.remove(&request_id).unwrap_or_default())
+    }
+
+    /// The credentials read from the binding's Secret at `version`, if that is what is remembered.
+    pub fn credentials(&self, key: &Key, version: &str) -> Option<Credentials> {
+        let map = self.lock();
+        let (at, credentials) = map.get(key)?.credentials.as_ref()?;
+        (at == version).then(|| credentials.clone())
+    }
+
+    /// Remembers credentials read from the binding's Secret at `version`.
+    pub fn read_credentials(&self, key: &Key, version: String, credentials: Credentials) {
+        self.with(key, |m| m.credentials = Some((version, credentials)));
+    }
+
+    /// Forgets everything about a binding that is going away.
+    pub fn forget(&self, key: &Key) {
+        self.lock().remove(key);
+    }
+
+    /// How many bindings are remembered.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no binding is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Whether the cached object is older than the operator's own write. resourceVersions are opaque by contract,
+/// but every etcd-backed API server issues increasing integers; where they do not parse, equality is the only
+/// safe test.
+fn cache_is_older(cached: Option<String>, ours: Option<String>) -> bool {
+    let number = |rv: &Option<String>| rv.as_deref()?.parse::<u64>().ok();
+    match (number(&cached), number(&ours)) {
+        (Some(cached), Some(ours)) => cached < ours,
+        _ => cached != ours,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::status::reasons;
+
+    fn key() -> Key {
+        ObjectRef::new("web").within("shop")
+    }
+
+    fn problem() -> Problem {
+        Problem { reason: reasons::LOAD_BALANCER_NOT_FOUND, message: "lb-x does not exist".into() }
+    }
+
+    const BACKOFF: Exponential =
+        Exponential { initial: Duration::from_secs(2), max: Duration::from_secs(300) };
+
+    /// Consecutive problems from the same cause wait longer and longer (2 s doubling, ±20 % jitter, 5 min at
+    /// most); a new cause (a fixed spec or Secret) starts over, and a success clears it.
+    #[tokio::test(start_paused = true)]
+    async fn the_problem_backoff_grows_and_resets() {
+        let m = Memory::default();
+        let now = Instant::now();
+        let waits: Vec<Duration> = (0..12).map(|_| m.troubled(&key(), problem(), 1, &BACKOFF, now)).collect();
+        for (n, wait) in waits.iter().enumerate() {
+            let nominal = BACKOFF.delay(n as u32 + 1);
+            assert!(*wait >= nominal.mul_f64(0.8) && *wait <= nominal.mul_f64(1.2), "{n}: {wait:?}");
+        }
+        assert!(waits[3] > waits[2] && waits[2] > waits[1] && waits[1] > waits[0], "{waits:?}");
+        assert!(waits[11] <= Duration::from_secs(360));
+        assert_eq!(m.trouble(&key()).map(|t| t.failures), Some(12));
+        assert_eq!(m.trouble(&key()).map(|t| t.retry_at), Some(now + waits[11]));
+
+        let fresh = m.troubled(&key(), problem(), 2, &BACKOFF, now);
+        assert!(fresh <= Duration::from_millis(2400), "a new cause starts over: {fresh:?}");
+        m.untroubled(&key());
+        assert_eq!(m.trouble(&key()), None);
+        assert!(m.troubled(&key(), problem(), 2, &BACKOFF, now) <= Duration::from_millis(2400));
+    }
+
+    /// The error backoff of `error_policy` grows across failed reconciles and resets on success.
+    #[test]
+    fn the_error_backoff_grows_and_resets() {
+        let m = Memory::default();
+        let first = m.errored(&key(), &BACKOFF);
+        let _ = m.errored(&key(), &BACKOFF);
+        let third = m.errored(&key(), &BACKOFF);
+        assert!(third > first, "{first:?} then {third:?}");
+        m.succeeded(&key());
+        assert!(m.errored(&key(), &BACKOFF) <= Duration::from_millis(2400));
+    }
+
+    /// `forget` leaves no per-binding entry behind, whatever was remembered.
+    #[tokio::test(start_paused = true)]
+    async fn forget_leaves_nothing_behind() {
+        let m = Memory::default();
+        let k = key();
+        m.wrote(&k, Some("5".into()), &ClbBackendBindingStatus::default());
+        let _ = m.errored(&k, &BACKOFF);
+        let _ = m.troubled(&k, problem(), 1, &BACKOFF, Instant::now());
+        m.settling(&k, true, Instant::now());
+        assert!(m.first_report(&k, "InstanceIdMissing:node-a".into()));
+        m.deregister_submitted(&k, 1001, vec![Instant::now()]);
+        m.read_credentials(&k, "7".into(), Credentials::new("AKID", "key", None));
+        assert_eq!(m.len(), 1);
+        m.forget(&k);
+        assert!(m.is_empty());
+        // What a released binding's last reconcile still does must not bring the entry back.
+        m.succeeded(&k);
+        m.untroubled(&k);
+        m.settling(&k, false, Instant::now());
+        m.reports_cleared(&k);
+        assert!(m.is_empty());
+        assert_eq!(m.settling_since(&k), None);
+        assert!(m.first_report(&k, "InstanceIdMissing:node-a".into()), "told again after forget");
+    }
+
+    /// A written status wins over an older cached copy, and is dropped once the cache has caught up.
+    #[test]
+    fn the_last_written_status_wins_until_the_cache_catches_up() {
+        let m = Memory::default();
+        let spec = crate::controller::fixtures::spec(crate::api::Targets {
+            node_selector: None,
+            pod_selector: None,
+        });
+        let mut b = ClbBackendBinding::new("web", spec);
+        b.metadata.namespace = Some("shop".into());
+        b.metadata.resource_version = Some("9".into());
+        let ours = ClbBackendBindingStatus { desired: 3, ..Default::default() };
+        m.wrote(&key(), Some("10".into()), &ours);
+        assert_eq!(m.current_status(&b), ours);
+        b.metadata.resource_version = Some("10".into());
+        assert_eq!(m.current_status(&b), ClbBackendBindingStatus::default());
+        assert!(cache_is_older(Some("a".into()), Some("b".into())));
+        assert!(!cache_is_older(Some("b".into()), Some("b".into())));
+    }
+}
