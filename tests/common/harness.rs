@@ -1,5 +1,6 @@
 //! The control plane: one per test run (started by `tests/testenv/testenv.sh`, or reused through
-//! `TESTENV_KUBECONFIG`), the CRDs from `crds/` installed, and a namespace of its own for every test.
+//! `TESTENV_KUBECONFIG`), the CRDs from `crds/` installed, and a namespace of its own for every test, deleted
+//! again when the test is done.
 
 use std::{
     path::{Path, PathBuf},
@@ -9,10 +10,13 @@ use std::{
 };
 
 use super::fixtures;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::{
+    api::core::v1::{Namespace, Node},
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
 use kube::{
     Api, Client,
-    api::{Patch, PatchParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams},
     config::{KubeConfigOptions, Kubeconfig},
     runtime::wait::{await_condition, conditions},
 };
@@ -175,6 +179,56 @@ impl TestNs {
     pub fn logs_hint(&self) -> String {
         format!("control-plane logs: {}; namespace: {}", self.plane.logs.display(), self.ns)
     }
+}
+
+/// How long cleanup may take before the test goes on without it.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Drop for TestNs {
+    /// Deletes the namespace and the test's nodes (labelled `clb-test=<ns>`), so that they do not pile up in the
+    /// shared control plane, where every operator watches all nodes. Best effort and bounded in time: a failure is
+    /// only reported. A failed test keeps its objects, to be looked at with the names in its panic message.
+    ///
+    /// The test's client belongs to the test's runtime, which may be shutting down; this runs on a thread of its
+    /// own, with a runtime and a client of its own.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("test failed: keeping namespace {} and its nodes", self.ns);
+            return;
+        }
+        let (ns, kubeconfig) = (self.ns.clone(), self.plane.kubeconfig.clone());
+        let (done, wait) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+                .and_then(|rt| {
+                    rt.block_on(tokio::time::timeout(CLEANUP_TIMEOUT, delete_test_objects(&kubeconfig, &ns)))
+                        .map_err(|_| "timed out".to_owned())?
+                });
+            if let Err(e) = result {
+                eprintln!("cleanup of test namespace {ns}: {e}");
+            }
+            let _ = done.send(());
+        });
+        // Wait a little longer than the cleanup's own timeout; never longer.
+        let _ = wait.recv_timeout(CLEANUP_TIMEOUT + Duration::from_secs(2));
+    }
+}
+
+/// Deletes namespace `ns` and the nodes labelled `clb-test=<ns>`; does not wait for them to be gone.
+async fn delete_test_objects(kubeconfig: &Path, ns: &str) -> Result<(), String> {
+    let client = try_client_for(kubeconfig).await?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let labelled = ListParams::default().labels(&format!("clb-test={ns}"));
+    let nodes_deleted = nodes.delete_collection(&DeleteParams::default(), &labelled).await.map(|_| ());
+    let namespaces: Api<Namespace> = Api::all(client);
+    let ns_deleted = match namespaces.delete(ns, &DeleteParams::background()).await {
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        other => other.map(|_| ()),
+    };
+    nodes_deleted.and(ns_deleted).map_err(|e| e.to_string())
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.
