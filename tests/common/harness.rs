@@ -204,8 +204,11 @@ impl Drop for TestNs {
                 .build()
                 .map_err(|e| e.to_string())
                 .and_then(|rt| {
-                    rt.block_on(tokio::time::timeout(CLEANUP_TIMEOUT, delete_test_objects(&kubeconfig, &ns)))
-                        .map_err(|_| "timed out".to_owned())?
+                    // The timer needs the runtime: made inside it, not as block_on's argument.
+                    rt.block_on(async {
+                        tokio::time::timeout(CLEANUP_TIMEOUT, delete_test_objects(&kubeconfig, &ns)).await
+                    })
+                    .map_err(|_| "timed out".to_owned())?
                 });
             if let Err(e) = result {
                 eprintln!("cleanup of test namespace {ns}: {e}");
