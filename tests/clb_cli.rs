@@ -5,22 +5,18 @@ use std::process::Output;
 use std::time::Duration;
 
 use clb_operator::clb::{Action, Credentials};
-use clb_operator::emulator::{self, EmulatorConfig, EmulatorHandle, Faults, SeedLoadBalancer};
+use clb_operator::emulator::EmulatorHandle;
+use common::fixtures::{emulator_config, seed, spawn_emulator};
 use serde_json::Value;
-use tokio::net::TcpListener;
 use tokio::process::Command;
+
+mod common;
 
 const LB: &str = "lb-cli00001";
 
 async fn start() -> EmulatorHandle {
     let instances = (0..25).map(|i| format!("ins-cli{i:05}")).collect();
-    let config = EmulatorConfig {
-        faults: Faults { task_duration: Duration::from_millis(30), ..Faults::default() },
-        load_balancers: vec![SeedLoadBalancer { id: LB.into(), instance_ids: instances }],
-        ..EmulatorConfig::default()
-    };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    emulator::spawn(config, listener).await.unwrap()
+    spawn_emulator(emulator_config(Duration::from_millis(30), vec![seed(LB, instances)])).await
 }
 
 /// Runs the binary with only the given credentials in its environment.

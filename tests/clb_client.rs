@@ -7,8 +7,11 @@ use clb_operator::clb::{
     Action, ClbClient, ClbError, ClientConfig, Credentials, HttpMethod, PollBackoff, RetryConfig, SignMethod,
     Submitted, TaskState,
 };
-use clb_operator::emulator::{self, EmulatorConfig, EmulatorHandle, Faults, SeedLoadBalancer};
+use clb_operator::emulator::{EmulatorConfig, EmulatorHandle, Faults, SeedLoadBalancer};
+use common::fixtures::{emulator_config as config_with, seed, spawn_emulator as start};
 use tokio::net::TcpListener;
+
+mod common;
 
 const LB: &str = "lb-client01";
 
@@ -16,17 +19,8 @@ fn instances(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("ins-{prefix}{i:04}")).collect()
 }
 
-async fn start(config: EmulatorConfig) -> EmulatorHandle {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    emulator::spawn(config, listener).await.unwrap()
-}
-
 fn emulator_config() -> EmulatorConfig {
-    EmulatorConfig {
-        faults: Faults { task_duration: Duration::from_millis(30), ..Faults::default() },
-        load_balancers: vec![SeedLoadBalancer { id: LB.into(), instance_ids: vec![] }],
-        ..EmulatorConfig::default()
-    }
+    config_with(Duration::from_millis(30), vec![seed(LB, vec![])])
 }
 
 /// Fast retries, so fault-injection tests stay quick.

@@ -9,8 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clb_operator::clb::{ClbClient, ClientConfig, Credentials, PollBackoff, RetryConfig, Submitted};
-use clb_operator::emulator::{self, EmulatorConfig, Faults, SeedLoadBalancer};
-use tokio::net::TcpListener;
+use clb_operator::emulator::EmulatorConfig;
+use common::fixtures::{emulator_config, seed, spawn_emulator};
+
+mod common;
 
 const LB: &str = "lb-trace001";
 const KEY: &str = "SuperSecretKeyValue0123456789abcd";
@@ -44,17 +46,12 @@ async fn trace_logs_never_contain_secrets() {
     // `#[tokio::test]` runs everything on this thread, so the emulator's handlers log here too.
     let _guard = tracing::subscriber::set_default(subscriber);
 
-    let emu = emulator::spawn(
-        EmulatorConfig {
-            credentials: Credentials::new("AKIDtrace", KEY, None),
-            faults: Faults { task_duration: Duration::from_millis(20), error_rate: 0.3, ..Faults::default() },
-            load_balancers: vec![SeedLoadBalancer { id: LB.into(), instance_ids: vec![] }],
-            ..EmulatorConfig::default()
-        },
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-    )
-    .await
-    .unwrap();
+    let mut config = EmulatorConfig {
+        credentials: Credentials::new("AKIDtrace", KEY, None),
+        ..emulator_config(Duration::from_millis(20), vec![seed(LB, vec![])])
+    };
+    config.faults.error_rate = 0.3;
+    let emu = spawn_emulator(config).await;
     let retry = RetryConfig {
         max_attempts: 10,
         min_delay: Duration::from_millis(1),

@@ -12,11 +12,16 @@ use clb_operator::{
     api::{BackendState, ClbBackendBinding, DEREGISTERED_AT_ANNOTATION},
     emulator::{EmulatorHandle, Faults},
 };
-use common::{TestNs, eventually, scenario::*};
+use common::{
+    TestNs, eventually,
+    fixtures::{NodeFixture, PodFixture},
+    scenario::*,
+    spawn_piped,
+};
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::{
     Api, ResourceExt,
-    api::{ListParams, Patch, PatchParams, PostParams},
+    api::{ListParams, Patch, PatchParams},
 };
 use serde_json::json;
 
@@ -24,41 +29,13 @@ use serde_json::json;
 /// grace period (kwok would otherwise delete them at once).
 const HOLD: &str = "clb.tke.dev/test-hold";
 
-/// Creates `count` nodes that kwok manages (so pods on them turn Ready), labelled for the test.
-async fn kwok_nodes(t: &TestNs, tok: &str, count: usize) -> Vec<(String, String)> {
-    let api: Api<Node> = Api::all(t.client.clone());
-    let mut out = Vec::new();
-    for i in 0..count {
-        let name = format!("{}-k{i}", t.ns);
-        let id = format!("ins-{tok}{i:03}");
-        let node: Node = serde_json::from_value(json!({
-            "metadata": {
-                "name": name,
-                "annotations": {"kwok.x-k8s.io/node": "fake"},
-                "labels": {"clb-test": t.ns, "kubernetes.io/hostname": name},
-            },
-            "spec": {"providerID": format!("qcloud:///100003/{id}")},
-            "status": {
-                "allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"},
-                "capacity": {"cpu": "4", "memory": "8Gi", "pods": "110"},
-            },
-        }))
-        .unwrap();
-        api.create(&PostParams::default(), &node).await.unwrap();
-        out.push((name, id));
-    }
-    out
-}
-
 fn wait_drained(t: &TestNs, node: &str, timeout: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_clb-operator"))
-        .args(["wait-drained", node, "--timeout", timeout])
-        .arg("--kubeconfig")
-        .arg(&t.plane.kubeconfig)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
+    spawn_piped(
+        Command::new(env!("CARGO_BIN_EXE_clb-operator"))
+            .args(["wait-drained", node, "--timeout", timeout])
+            .arg("--kubeconfig")
+            .arg(&t.plane.kubeconfig),
+    )
 }
 
 fn finish(child: Child) -> (ExitStatus, String) {
@@ -105,26 +82,19 @@ async fn kubectl_drain_deregisters_while_pods_terminate() {
     let nodes = kwok_nodes(&t, &tok, 2).await;
     let pods: Api<Pod> = t.api();
     for (i, node) in [0, 0, 1].into_iter().enumerate() {
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": format!("web-{i}"), "labels": {"app": "web"}, "finalizers": [HOLD]},
-            "spec": {"nodeName": nodes[node].0, "containers": [{"name": "c", "image": "fake"}]},
-        }))
-        .unwrap();
-        pods.create(&PostParams::default(), &pod).await.unwrap();
+        PodFixture::new(format!("web-{i}")).app("web").on(&nodes[node].0).held(HOLD).create(&pods).await;
     }
     let _op = start_operator(&t, &emu);
     binding(&t, "web", LB, true, json!({})).await;
     wait_ready_with(&t, "web", &ids(&nodes)).await;
 
     let (node_a, ins_a) = nodes[0].clone();
-    let drain = Command::new(common::kubectl_bin())
-        .args(["drain", &node_a, "--ignore-daemonsets", "--force", "--timeout=60s"])
-        .arg("--kubeconfig")
-        .arg(&t.plane.kubeconfig)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let drain = spawn_piped(
+        Command::new(common::kubectl_bin())
+            .args(["drain", &node_a, "--ignore-daemonsets", "--force", "--timeout=60s"])
+            .arg("--kubeconfig")
+            .arg(&t.plane.kubeconfig),
+    );
     eventually(WAIT, "a Deregister of node A's instance", || async {
         deregister_calls(&emu).iter().any(|c| c == std::slice::from_ref(&ins_a)).then_some(())
     })
@@ -213,10 +183,7 @@ async fn nodes_without_ids_and_unowned_nodes_behave() {
     let tok = token_suffix();
     let nodes = kwok_nodes(&t, &tok, 1).await;
     let anonymous = format!("{}-anon", t.ns);
-    let node: Node =
-        serde_json::from_value(json!({"metadata": {"name": anonymous, "labels": {"clb-test": t.ns}}}))
-            .unwrap();
-    Api::<Node>::all(t.client.clone()).create(&PostParams::default(), &node).await.unwrap();
+    NodeFixture::new(&anonymous).label("clb-test", &t.ns).create(&t.client).await;
     let _op = start_operator(&t, &emu);
     binding(&t, "web", LB, false, json!({})).await;
     wait_ready_with(&t, "web", &ids(&nodes)).await;

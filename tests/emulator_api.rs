@@ -6,22 +6,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clb_operator::clb::sign::{self, urlencode};
 use clb_operator::clb::{Action, Credentials, TaskState};
 use clb_operator::emulator::{self, EmulatorConfig, EmulatorHandle, Faults, SeedLoadBalancer};
+use common::fixtures::{emulator_config, seed, spawn_emulator as start};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
+
+mod common;
 
 const LB: &str = "lb-emu00001";
 
 fn config() -> EmulatorConfig {
-    EmulatorConfig {
-        faults: Faults { task_duration: Duration::from_millis(20), ..Faults::default() },
-        load_balancers: vec![SeedLoadBalancer { id: LB.into(), instance_ids: vec!["ins-seed0001".into()] }],
-        ..EmulatorConfig::default()
-    }
-}
-
-async fn start(config: EmulatorConfig) -> EmulatorHandle {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    emulator::spawn(config, listener).await.unwrap()
+    emulator_config(Duration::from_millis(20), vec![seed(LB, vec!["ins-seed0001".into()])])
 }
 
 fn now() -> u64 {

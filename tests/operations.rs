@@ -10,7 +10,7 @@ use clb_operator::{
     clb::Action,
     emulator::Faults,
 };
-use common::{OperatorProcess, eventually, free_port, scenario::*};
+use common::{OperatorProcess, eventually, http_get, sample, scenario::*, wait_readyz};
 use k8s_openapi::api::{
     coordination::v1::Lease,
     core::v1::{Node, Pod},
@@ -21,17 +21,6 @@ use kube::{
 };
 use serde_json::json;
 
-async fn get(url: &str) -> Option<(u16, String)> {
-    let resp = reqwest::get(url).await.ok()?;
-    let code = resp.status().as_u16();
-    Some((code, resp.text().await.ok()?))
-}
-
-/// The value of a metric sample line, e.g. `name{labels} 3`.
-fn sample(text: &str, line_start: &str) -> Option<f64> {
-    text.lines().find(|l| l.starts_with(line_start))?.rsplit(' ').next()?.parse().ok()
-}
-
 /// Two replicas: one holds the lease and reconciles, the other stands by; killing the leader while a Deregister
 /// task runs lets the standby take over within 20 s and finish polling the same requestId.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,28 +28,26 @@ async fn standby_takes_over_a_running_task_when_the_leader_dies() {
     let (t, emu) = setup("leader").await;
     let tok = token_suffix();
     let nodes = nodes(&t, &tok, 2).await;
-    let (port_a, port_b) = (free_port(), free_port());
-    let start = |name: &str, port: u16| {
-        let addr = format!("--http-addr=127.0.0.1:{port}");
+    let start = |name: &str| {
         let ns = format!("--leader-election-namespace={}", t.ns);
-        let args = [addr.as_str(), "--leader-elect", ns.as_str(), "--lease-duration=6s"];
+        let args = ["--leader-elect", ns.as_str(), "--lease-duration=6s"];
         OperatorProcess::start(&t, &emu.endpoint(), &args, &[("POD_NAME", name)])
     };
-    let a = start("replica-a", port_a);
+    let a = start("replica-a");
     let leases: Api<Lease> = t.api();
     eventually(WAIT, "replica-a holds the lease", || async {
         let lease = leases.get_opt("clb-operator").await.ok()??;
         (lease.spec?.holder_identity.as_deref() == Some("replica-a")).then_some(())
     })
     .await;
-    let b = start("replica-b", port_b);
-    let readyz_b = format!("http://127.0.0.1:{port_b}/readyz");
-    let standby = eventually(WAIT, "replica-b serving", || get(&readyz_b)).await;
+    let b = start("replica-b");
+    let readyz_b = format!("{}/readyz", b.base_url());
+    let standby = eventually(WAIT, "replica-b serving", || http_get(&readyz_b)).await;
     assert_eq!(standby, (200, "standby".to_string()), "a standby is ready but idle");
 
     binding(&t, "web", LB, false, json!({})).await;
     wait_ready_with(&t, "web", &ids(&nodes)).await;
-    let metrics_b = get(&format!("http://127.0.0.1:{port_b}/metrics")).await.unwrap().1;
+    let metrics_b = b.metrics().await;
     assert_eq!(sample(&metrics_b, "clb_operator_leader "), Some(0.0));
     assert_eq!(
         sample(&metrics_b, "clb_operator_reconciles_total"),
@@ -70,11 +57,7 @@ async fn standby_takes_over_a_running_task_when_the_leader_dies() {
 
     emu.set_faults(Faults { task_duration: Duration::from_secs(8), ..emu.faults() }).unwrap();
     Api::<Node>::all(t.client.clone()).delete(&nodes[0].0, &DeleteParams::default()).await.unwrap();
-    let running = eventually(WAIT, "a running Deregister task", || async {
-        let s = status(&t, "web").await;
-        s.tasks.iter().find(|x| x.action == TaskAction::Deregister && x.state == TaskState::Running).cloned()
-    })
-    .await;
+    let running = running_task(&t, "web", TaskAction::Deregister).await;
     a.kill();
     let killed = std::time::Instant::now();
     let killed_at_ms = emu.state().calls.last().map(|c| c.at_ms).unwrap_or_default();
@@ -105,26 +88,17 @@ async fn metrics_show_the_work_done() {
     let (t, emu) = setup("metrics").await;
     let tok = token_suffix();
     let nodes = nodes(&t, &tok, 2).await;
-    let port = free_port();
-    let addr = format!("--http-addr=127.0.0.1:{port}");
-    let _op = OperatorProcess::start(&t, &emu.endpoint(), &[addr.as_str()], &[]);
-    let base = format!("http://127.0.0.1:{port}");
-    assert_eq!(
-        eventually(WAIT, "/readyz ok", || async {
-            get(&format!("{base}/readyz")).await.filter(|(code, _)| *code == 200)
-        })
-        .await
-        .1,
-        "ok"
-    );
-    assert_eq!(get(&format!("{base}/healthz")).await.map(|r| r.0), Some(200));
+    let op = OperatorProcess::start(&t, &emu.endpoint(), &[], &[]);
+    let base = op.base_url();
+    assert_eq!(wait_readyz(&base).await, "ok");
+    assert_eq!(http_get(&format!("{base}/healthz")).await.map(|r| r.0), Some(200));
 
     binding(&t, "web", LB, false, json!({})).await;
     wait_ready_with(&t, "web", &ids(&nodes)).await;
     Api::<Node>::all(t.client.clone()).delete(&nodes[0].0, &DeleteParams::default()).await.unwrap();
     wait_ready_with(&t, "web", &ids(&nodes[1..])).await;
 
-    let text = get(&format!("{base}/metrics")).await.unwrap().1;
+    let text = op.metrics().await;
     let count = |action: &str| {
         sample(&text, &format!("clb_operator_clb_requests_total{{action=\"{action}\",outcome=\"ok\"}}"))
             .unwrap_or(0.0)
@@ -152,20 +126,11 @@ async fn pods_are_cached_only_for_pod_targeted_bindings() {
     let nodes = nodes(&t, &tok, 2).await;
     let (a, b) = (nodes[0].0.as_str(), nodes[1].0.as_str());
     ready_pods(&t, &[("web-0", a), ("web-1", a), ("web-2", b)]).await;
-    let port = free_port();
-    let addr = format!("--http-addr=127.0.0.1:{port}");
-    let _op = OperatorProcess::start(&t, &emu.endpoint(), &[addr.as_str()], &[]);
-    let base = format!("http://127.0.0.1:{port}");
-    eventually(WAIT, "/readyz ok", || async {
-        get(&format!("{base}/readyz")).await.filter(|(c, _)| *c == 200)
-    })
-    .await;
+    let op = OperatorProcess::start(&t, &emu.endpoint(), &[], &[]);
+    wait_readyz(&op.base_url()).await;
     let cached = |kind: &'static str| {
-        let base = base.clone();
-        async move {
-            let text = get(&format!("{base}/metrics")).await?.1;
-            sample(&text, &format!("clb_operator_cached_objects{{kind=\"{kind}\"}}"))
-        }
+        let op = &op;
+        async move { sample(&op.metrics().await, &format!("clb_operator_cached_objects{{kind=\"{kind}\"}}")) }
     };
     let cached_pods = async |want: f64, what: &str| {
         eventually(WAIT, what, || async { cached("pod").await.filter(|n| *n == want) }).await;
@@ -218,14 +183,11 @@ async fn restarts_keep_pod_backends_without_writes() {
     };
     let before = writes();
     for round in 0..3 {
-        let port = free_port();
-        let addr = format!("--http-addr=127.0.0.1:{port}");
         // No settle time: a reconcile sends what it decides before it counts as done, so a decision from a
         // partial pod list would show as a write by the time the first reconcile is counted.
-        let op = OperatorProcess::start(&t, &emu.endpoint(), &[addr.as_str(), "--settle=0s"], &[]);
+        let op = OperatorProcess::start(&t, &emu.endpoint(), &["--settle=0s"], &[]);
         eventually(WAIT, "the binding reconciled by the restarted operator", || async {
-            let text = get(&format!("http://127.0.0.1:{port}/metrics")).await?.1;
-            sample(&text, "clb_operator_reconciles_total").filter(|n| *n >= 1.0)
+            sample(&op.metrics().await, "clb_operator_reconciles_total").filter(|n| *n >= 1.0)
         })
         .await;
         op.kill();

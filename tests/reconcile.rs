@@ -11,11 +11,11 @@ use clb_operator::{
     controller::Config,
     emulator::{EmulatorHandle, Faults},
 };
-use common::{OperatorProcess, TestNs, eventually, scenario::*};
+use common::{OperatorProcess, TestNs, eventually, fixtures, scenario::*};
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams},
 };
 use serde_json::json;
 
@@ -35,11 +35,7 @@ async fn node_targets_register_all_and_deregister_a_deleted_node() {
     emu.set_faults(Faults { task_duration: Duration::from_secs(2), ..emu.faults() }).unwrap();
     let (gone_node, gone_id) = nodes[0].clone();
     Api::<Node>::all(t.client.clone()).delete(&gone_node, &DeleteParams::default()).await.unwrap();
-    let running = eventually(WAIT, "a running Deregister task", || async {
-        let s = status(&t, "web").await;
-        s.tasks.iter().find(|x| x.action == TaskAction::Deregister && x.state == TaskState::Running).cloned()
-    })
-    .await;
+    let running = running_task(&t, "web", TaskAction::Deregister).await;
     assert_eq!(running.instance_ids, std::slice::from_ref(&gone_id));
     let emu_task = emu.state().tasks.iter().find(|x| x.request_id == running.request_id).cloned();
     assert!(
@@ -139,13 +135,7 @@ async fn ownership_adoption_and_deletion_policies() {
     let nodes = nodes(&t, &tok, 2).await;
     let _op = start_operator(&t, &emu);
     let api = t.api::<ClbBackendBinding>();
-    let registers = |emu: &EmulatorHandle| -> Vec<Vec<String>> {
-        emu.state()
-            .calls_of(Action::RegisterInstancesWithLoadBalancer)
-            .filter(|c| c.code == 0)
-            .map(|c| c.instance_ids.clone())
-            .collect()
-    };
+    let registers = |emu: &EmulatorHandle| calls(emu, Action::RegisterInstancesWithLoadBalancer);
 
     binding(&t, "drop", LB, false, json!({})).await;
     wait_ready_with(&t, "drop", &ids(&nodes)).await;
@@ -202,41 +192,25 @@ async fn ownership_adoption_and_deletion_policies() {
 async fn api_server_rejects_invalid_bindings_with_readable_messages() {
     let t = TestNs::new("validation").await;
     let api = t.api::<ClbBackendBinding>();
-    let both = json!({"nodeSelector": {}, "podSelector": {}});
+    // Selecting every node, without credentials: valid but for what each case changes.
+    let all_nodes = |name: &str, lb: &str| {
+        fixtures::binding(name, lb).targets(json!({"nodeSelector": {}})).no_credentials()
+    };
     let cases = [
+        (all_nodes("bad-lb", "LB_1"), "loadBalancerId must be 'lb-'"),
         (
-            "bad-lb",
-            json!({"loadBalancerId": "LB_1", "region": "gz", "targets": {"nodeSelector": {}}}),
-            "loadBalancerId must be 'lb-'",
-        ),
-        (
-            "both",
-            json!({"loadBalancerId": "lb-a1", "region": "gz", "targets": both}),
+            all_nodes("both", "lb-a1").targets(json!({"nodeSelector": {}, "podSelector": {}})),
             "exactly one of nodeSelector and podSelector",
         ),
-        (
-            "none",
-            json!({"loadBalancerId": "lb-a1", "region": "gz", "targets": {}}),
-            "exactly one of nodeSelector and podSelector",
-        ),
-        (
-            "heavy",
-            json!({"loadBalancerId": "lb-a1", "region": "gz", "targets": {"nodeSelector": {}}, "weight": 101}),
-            "weight must be between 0 and 100",
-        ),
+        (all_nodes("none", "lb-a1").targets(json!({})), "exactly one of nodeSelector and podSelector"),
+        (all_nodes("heavy", "lb-a1").with(json!({"weight": 101})), "weight must be between 0 and 100"),
     ];
-    for (name, spec, message) in cases {
-        let obj = json!({"apiVersion": "clb.tke.dev/v1alpha1", "kind": "ClbBackendBinding", "metadata": {"name": name}, "spec": spec});
-        let b: ClbBackendBinding = serde_json::from_value(obj).unwrap();
-        let err = api.create(&PostParams::default(), &b).await.expect_err(name).to_string();
+    for (b, message) in cases {
+        let name = b.name();
+        let err = b.try_create(&api).await.expect_err(name).to_string();
         assert!(err.contains(message), "{name}: {err}");
     }
-    let ok: ClbBackendBinding = serde_json::from_value(json!({
-        "apiVersion": "clb.tke.dev/v1alpha1", "kind": "ClbBackendBinding", "metadata": {"name": "ok"},
-        "spec": {"loadBalancerId": "lb-a1", "region": "gz", "targets": {"nodeSelector": {}}},
-    }))
-    .unwrap();
-    let created = api.create(&PostParams::default(), &ok).await.unwrap();
+    let created = all_nodes("ok", "lb-a1").try_create(&api).await.unwrap();
     assert_eq!(created.spec.weight, 10, "defaults are applied by the API server");
     let change = json!({"spec": {"loadBalancerId": "lb-b2"}});
     let err = api.patch("ok", &PatchParams::default(), &Patch::Merge(&change)).await.unwrap_err().to_string();
@@ -305,11 +279,7 @@ async fn a_killed_operator_resumes_polling_the_same_task() {
     emu.set_faults(Faults { task_duration: Duration::from_secs(5), ..emu.faults() }).unwrap();
     let (gone_node, gone_id) = nodes[0].clone();
     Api::<Node>::all(t.client.clone()).delete(&gone_node, &DeleteParams::default()).await.unwrap();
-    let running = eventually(WAIT, "the Deregister task Running in the status", || async {
-        let s = status(&t, "web").await;
-        s.tasks.iter().find(|x| x.action == TaskAction::Deregister && x.state == TaskState::Running).cloned()
-    })
-    .await;
+    let running = running_task(&t, "web", TaskAction::Deregister).await;
     op.kill();
     let killed_at_ms = emu.state().calls.last().map(|c| c.at_ms).unwrap_or_default();
 

@@ -10,7 +10,7 @@ mod common;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -18,13 +18,19 @@ use std::{
 use clb_operator::{
     api::{ClbBackendBinding, TaskState},
     clb::Action,
-    emulator::{self, EmulatorConfig, EmulatorHandle, Faults, SeedLoadBalancer},
+    emulator::EmulatorHandle,
+};
+use common::{
+    OperatorCommand, OperatorProcess,
+    fixtures::{self, NodeFixture, PodFixture, emulator_config, seed, spawn_emulator},
+    metric,
+    scenario::is_ready,
 };
 use futures::{StreamExt, TryStreamExt, stream};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams},
     runtime::{WatchStreamExt, watcher},
 };
 use serde_json::{Value, json};
@@ -123,48 +129,12 @@ impl Peaks {
     }
 }
 
-struct Operator {
-    child: Child,
-    port: u16,
-}
-
-impl Operator {
-    fn start(kubeconfig: &std::path::Path, endpoint: &url::Url, log: &std::path::Path) -> Self {
-        let port = common::free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_clb-operator"))
-            .args(["run", "--clb-endpoint", endpoint.as_str(), "--concurrency", "16"])
-            .arg(format!("--http-addr=127.0.0.1:{port}"))
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .env("RUST_LOG", "info")
-            .env_remove("TENCENTCLOUD_SECRET_ID")
-            .env_remove("TENCENTCLOUD_SECRET_KEY")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).expect("operator log"))
-            .spawn()
-            .expect("start the operator");
-        Self { child, port }
-    }
-
-    async fn metrics(&self) -> String {
-        let url = format!("http://127.0.0.1:{}/metrics", self.port);
-        match reqwest::get(&url).await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        }
-    }
-
-    fn stop(mut self) {
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
-        let _ = self.child.wait();
-    }
-}
-
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+/// The release-built operator, watching every namespace, as the benchmark measures it.
+fn start_operator(plane: &common::Plane, endpoint: &url::Url, log: &std::path::Path) -> OperatorProcess {
+    OperatorCommand::new(&plane.kubeconfig, endpoint, log.to_owned())
+        .args(&["--concurrency", "16"])
+        .rust_log("info")
+        .start()
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -217,28 +187,18 @@ impl Bench {
             let client = self.client.clone();
             let (id, key) = (id.clone(), key.clone());
             async move {
-                let ns: Namespace =
-                    serde_json::from_value(json!({"metadata": {"name": Self::ns(i)}})).unwrap();
-                Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
-                let secret: Secret = serde_json::from_value(json!({
-                    "metadata": {"name": "clb-credentials"}, "stringData": {"secretId": id, "secretKey": key},
-                }))
-                .unwrap();
-                Api::<Secret>::namespaced(client, &Self::ns(i)).create(&PostParams::default(), &secret).await
+                fixtures::namespace(&client, &Self::ns(i)).await?;
+                fixtures::credentials_secret(&client, &Self::ns(i), "clb-credentials", &id, &key).await
             }
         })
         .await;
         let bindings = size.bindings;
         parallel(size.nodes, |n| {
-            let api: Api<Node> = Api::all(self.client.clone());
-            async move {
-                let node: Node = serde_json::from_value(json!({
-                    "metadata": {"name": format!("bench-n{n:05}"), "labels": {"bench-group": format!("g{}", n % bindings)}},
-                    "spec": {"providerID": format!("qcloud:///100003/{}", instance(n))},
-                }))
-                .unwrap();
-                api.create(&PostParams::default(), &node).await
-            }
+            let node = NodeFixture::new(format!("bench-n{n:05}"))
+                .label("bench-group", format!("g{}", n % bindings))
+                .instance(instance(n));
+            let client = self.client.clone();
+            async move { node.try_create(&client).await }
         })
         .await;
         let per_group = size.nodes / bindings;
@@ -246,18 +206,10 @@ impl Bench {
             let b = p % bindings;
             let node = b + bindings * ((p / bindings) % per_group);
             let api: Api<Pod> = Api::namespaced(self.client.clone(), &Self::ns(b));
-            async move {
-                let name = format!("web-{p:05}");
-                let pod: Pod = serde_json::from_value(json!({
-                    "metadata": {"name": name, "labels": {"app": "web"}},
-                    "spec": {"nodeName": format!("bench-n{node:05}"), "containers": [{"name": "c", "image": "fake"}]},
-                }))
-                .unwrap();
-                api.create(&PostParams::default(), &pod).await?;
-                // No kubelet on these nodes: report the pod Ready as one would.
-                let ready = json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}});
-                api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&ready)).await
-            }
+            // No kubelet on these nodes: the pod is reported Ready as one would.
+            let pod =
+                PodFixture::new(format!("web-{p:05}")).app("web").on(format!("bench-n{node:05}")).ready();
+            async move { pod.try_create(&api).await }
         })
         .await;
     }
@@ -265,20 +217,9 @@ impl Bench {
     async fn create_bindings(&self) {
         parallel(self.size.bindings, |i| {
             let api: Api<ClbBackendBinding> = Api::namespaced(self.client.clone(), &Self::ns(i));
-            async move {
-                let targets = if pod_targeted(i) {
-                    json!({"podSelector": {"matchLabels": {"app": "web"}}})
-                } else {
-                    json!({"nodeSelector": {"matchLabels": {"bench-group": format!("g{i}")}}})
-                };
-                let b: ClbBackendBinding = serde_json::from_value(json!({
-                    "apiVersion": "clb.tke.dev/v1alpha1", "kind": "ClbBackendBinding", "metadata": {"name": "web"},
-                    "spec": {"loadBalancerId": lb(i), "region": "gz", "targets": targets,
-                             "credentialsSecretRef": {"name": "clb-credentials"}},
-                }))
-                .unwrap();
-                api.create(&PostParams::default(), &b).await
-            }
+            let b = fixtures::binding("web", &lb(i));
+            let b = if pod_targeted(i) { b.pods("web") } else { b.nodes("bench-group", &format!("g{i}")) };
+            async move { b.try_create(&api).await }
         })
         .await;
     }
@@ -293,8 +234,7 @@ impl Bench {
                 let i: usize =
                     b.namespace().and_then(|n| n.strip_prefix("bench-")?.parse().ok()).unwrap_or(usize::MAX);
                 let s = b.status.clone().unwrap_or_default();
-                let is_ready = s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
-                is_ready
+                is_ready(&s)
                     && expected.get(&i) == Some(&(s.registered as usize))
                     && s.backends.len() == s.registered as usize
             });
@@ -350,11 +290,7 @@ async fn main() {
     // A control plane of its own, fresh, so the measurements see only this cluster.
     let dir = repo.join(".testenv/bench");
     let testenv = |cmd: &[&str]| {
-        let st = Command::new("bash")
-            .arg(repo.join("tests/testenv/testenv.sh"))
-            .args(cmd)
-            .env("TESTENV_DIR", &dir)
-            .status();
+        let st = common::testenv(&dir, cmd).status();
         assert!(
             st.is_ok_and(|s| s.success()),
             "testenv.sh {cmd:?} failed; logs in {}",
@@ -363,20 +299,13 @@ async fn main() {
     };
     testenv(&["down"]);
     testenv(&["up", "--with-kwok"]);
-    let kubeconfig = dir.join("kubeconfig");
-    let plane = common::Plane { kubeconfig: kubeconfig.clone(), logs: dir.join("logs") };
+    let plane = common::Plane::at(&dir);
     common::install_crds_into(&plane).expect("CRDs");
-    let client = common::client_for(&kubeconfig).await;
+    let client = common::client_for(&plane.kubeconfig).await;
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let config = EmulatorConfig {
-        faults: Faults { task_duration: TASK, ..Faults::default() },
-        load_balancers: (0..size.bindings)
-            .map(|i| SeedLoadBalancer { id: lb(i), instance_ids: vec![] })
-            .collect(),
-        ..EmulatorConfig::default()
-    };
-    let emu = emulator::spawn(config, listener).await.unwrap();
+    let emu =
+        spawn_emulator(emulator_config(TASK, (0..size.bindings).map(|i| seed(&lb(i), vec![])).collect()))
+            .await;
     let mut bench =
         Bench { size: size.clone(), client, emu, seen_done: Arc::default(), failures: Vec::new() };
     let mut results: BTreeMap<&str, Value> = BTreeMap::new();
@@ -389,8 +318,8 @@ async fn main() {
     let logs = repo.join("target/bench");
     std::fs::create_dir_all(&logs).unwrap();
     let log = logs.join("operator.log");
-    let op = Operator::start(&kubeconfig, &bench.emu.endpoint(), &log);
-    let proc_ = Proc { pid: op.child.id(), ticks_per_second: ticks_per_second() };
+    let op = start_operator(&plane, &bench.emu.endpoint(), &log);
+    let proc_ = Proc { pid: op.pid(), ticks_per_second: ticks_per_second() };
     let peaks = Peaks::default();
     {
         let (peaks, pid) = (peaks.clone(), proc_.pid);
@@ -644,7 +573,7 @@ async fn main() {
     let registered_total: usize = expected.values().sum();
     let calls_before = bench.emu.state().calls.len();
     let restart_start = Instant::now();
-    let op = Operator::start(&kubeconfig, &bench.emu.endpoint(), &logs.join("operator-restart.log"));
+    let op = start_operator(&plane, &bench.emu.endpoint(), &logs.join("operator-restart.log"));
     let mut restart_secs = None;
     while restart_start.elapsed() < Duration::from_secs(120) {
         let m = op.metrics().await;

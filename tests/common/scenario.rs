@@ -4,35 +4,26 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use clb_operator::{
-    api::{BackendState, ClbBackendBinding, ClbBackendBindingStatus},
+    api::{BackendState, ClbBackendBinding, ClbBackendBindingStatus, TaskAction, TaskRecord, TaskState},
     clb::{Action, ClientConfig},
     controller::Config,
-    emulator::{self, EmulatorConfig, EmulatorHandle, Faults, SeedLoadBalancer},
+    emulator::EmulatorHandle,
 };
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::{
-    Api,
-    api::{Patch, PatchParams, PostParams},
-};
-use serde_json::json;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
 
-use super::{TestNs, eventually};
+use super::{
+    TestNs, eventually,
+    fixtures::{self, NodeFixture, PodFixture, emulator_config, seed, spawn_emulator},
+};
 
 pub const LB: &str = "lb-test0001";
 pub const WAIT: Duration = Duration::from_secs(30);
 
 /// An emulator on 127.0.0.1 with `LB` seeded with `seeded` instances.
 pub async fn emulator(seeded: &[&str], task_duration: Duration) -> EmulatorHandle {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let config = EmulatorConfig {
-        faults: Faults { task_duration, ..Faults::default() },
-        load_balancers: vec![SeedLoadBalancer {
-            id: LB.into(),
-            instance_ids: seeded.iter().map(|s| s.to_string()).collect(),
-        }],
-        ..EmulatorConfig::default()
-    };
-    emulator::spawn(config, listener).await.unwrap()
+    let seeded = seeded.iter().map(|s| s.to_string()).collect();
+    spawn_emulator(emulator_config(task_duration, vec![seed(LB, seeded)])).await
 }
 
 /// The operator, in process, watching only the test's namespace; stops when dropped.
@@ -80,23 +71,28 @@ pub fn token_suffix() -> String {
 
 /// Creates `count` nodes labelled for the test, with TKE provider IDs; returns (node name, instance ID) pairs.
 pub async fn nodes(t: &TestNs, tok: &str, count: usize) -> Vec<(String, String)> {
-    let api: Api<Node> = Api::all(t.client.clone());
+    test_nodes(t, tok, count, false).await
+}
+
+/// [`nodes`] that kwok manages (so pods on them turn Ready), named `<ns>-k<i>`.
+pub async fn kwok_nodes(t: &TestNs, tok: &str, count: usize) -> Vec<(String, String)> {
+    test_nodes(t, tok, count, true).await
+}
+
+async fn test_nodes(t: &TestNs, tok: &str, count: usize, kwok: bool) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for i in 0..count {
-        let name = format!("{}-n{i}", t.ns);
+        let name = format!("{}-{}{i}", t.ns, if kwok { "k" } else { "n" });
         let id = format!("ins-{tok}{i:03}");
-        let node: Node = serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": {"clb-test": t.ns}},
-            "spec": {"providerID": format!("qcloud:///100003/{id}")},
-        }))
-        .unwrap();
-        api.create(&PostParams::default(), &node).await.unwrap();
+        let node = NodeFixture::new(&name).label("clb-test", &t.ns).instance(&id);
+        if kwok { node.kwok() } else { node }.create(&t.client).await;
         out.push((name, id));
     }
     out
 }
 
-/// A binding named `name` selecting the test's nodes (or, with `pods`, the test's `app=web` pods).
+/// A binding named `name` selecting the test's nodes (or, with `pods`, the test's `app=web` pods), with `extra`
+/// spec fields.
 pub async fn binding(
     t: &TestNs,
     name: &str,
@@ -104,24 +100,9 @@ pub async fn binding(
     pods: bool,
     extra: serde_json::Value,
 ) -> ClbBackendBinding {
-    let targets = if pods {
-        json!({"podSelector": {"matchLabels": {"app": "web"}}})
-    } else {
-        json!({"nodeSelector": {"matchLabels": {"clb-test": t.ns}}})
-    };
-    let mut spec = json!({
-        "loadBalancerId": lb, "region": "gz", "targets": targets,
-        "credentialsSecretRef": {"name": "clb-credentials"},
-    });
-    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
-        spec.extend(extra.clone());
-    }
-    let b: ClbBackendBinding = serde_json::from_value(json!({
-        "apiVersion": "clb.tke.dev/v1alpha1", "kind": "ClbBackendBinding",
-        "metadata": {"name": name}, "spec": spec,
-    }))
-    .unwrap();
-    t.api::<ClbBackendBinding>().create(&PostParams::default(), &b).await.unwrap()
+    let b = fixtures::binding(name, lb);
+    let b = if pods { b.pods("web") } else { b.nodes("clb-test", &t.ns) };
+    b.with(extra).try_create(&t.api()).await.unwrap()
 }
 
 pub async fn status(t: &TestNs, name: &str) -> ClbBackendBindingStatus {
@@ -149,12 +130,22 @@ pub async fn wait_ready_with(t: &TestNs, name: &str, ids: &BTreeSet<String>) -> 
     .await
 }
 
+/// The instance IDs of each successful `action` call, in order.
+pub fn calls(emu: &EmulatorHandle, action: Action) -> Vec<Vec<String>> {
+    emu.state().calls_of(action).filter(|c| c.code == 0).map(|c| c.instance_ids.clone()).collect()
+}
+
 pub fn deregister_calls(emu: &EmulatorHandle) -> Vec<Vec<String>> {
-    emu.state()
-        .calls_of(Action::DeregisterInstancesFromLoadBalancer)
-        .filter(|c| c.code == 0)
-        .map(|c| c.instance_ids.clone())
-        .collect()
+    calls(emu, Action::DeregisterInstancesFromLoadBalancer)
+}
+
+/// Waits until binding `name` shows an `action` task Running; returns it.
+pub async fn running_task(t: &TestNs, name: &str, action: TaskAction) -> TaskRecord {
+    eventually(WAIT, &format!("a running {action:?} task in {name}'s status"), || async {
+        let s = status(t, name).await;
+        s.tasks.into_iter().find(|x| x.action == action && x.state == TaskState::Running)
+    })
+    .await
 }
 
 pub fn ids(pairs: &[(String, String)]) -> BTreeSet<String> {
@@ -166,15 +157,7 @@ pub fn ids(pairs: &[(String, String)]) -> BTreeSet<String> {
 pub async fn ready_pods(t: &TestNs, pods: &[(&str, &str)]) {
     let api: Api<Pod> = t.api();
     for (name, node) in pods {
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": {"app": "web"}},
-            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "fake"}]},
-        }))
-        .unwrap();
-        api.create(&PostParams::default(), &pod).await.unwrap();
-        let ready =
-            json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}});
-        api.patch_status(name, &PatchParams::default(), &Patch::Merge(&ready)).await.unwrap();
+        PodFixture::new(*name).app("web").on(*node).ready().create(&api).await;
     }
 }
 
