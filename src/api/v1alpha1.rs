@@ -202,6 +202,24 @@ pub struct ClbBackendBindingStatus {
     /// CLB tasks: the running ones first, then a bounded history of finished ones, newest first.
     #[serde(default)]
     pub tasks: Vec<TaskRecord>,
+    /// Submissions about to be made: each is written here before its CLB call and replaced by its task once the
+    /// requestId is known. One left behind by a crash is confirmed on the load balancer, never blindly repeated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub intents: Vec<IntentRecord>,
+}
+
+/// A submission the operator is about to make (or made, and crashed before it recorded the requestId).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IntentRecord {
+    /// A local id of the attempt, unique within the binding.
+    pub attempt: String,
+    /// Register or Deregister.
+    pub action: TaskAction,
+    /// The instances the submission acts on.
+    pub instance_ids: Vec<String>,
+    /// When the submission was about to be made.
+    pub at: Time,
 }
 
 /// One owned instance on the load balancer.

@@ -16,7 +16,7 @@ use super::{
     plan::{self, Plan},
     status::{Problem, reasons},
 };
-use crate::api::{BackendState, ClbBackendBindingStatus, TaskAction, TaskRecord, TaskState};
+use crate::api::{BackendState, ClbBackendBindingStatus, IntentRecord, TaskAction, TaskRecord, TaskState};
 
 /// What a retry is made from: the spec generation, the Secret's version, the retry annotation and the planned
 /// changes. The same cause after a problem waits out the backoff; a different one is tried at once.
@@ -30,6 +30,70 @@ pub fn cause(generation: Option<i64>, secret: Option<&str>, retry: Option<&str>,
         (&join.instance, &join.node).hash(&mut h);
     }
     h.finish()
+}
+
+/// How long an intent left by a crash is given to show on the load balancer before its submission is made
+/// again: three times the longest of the recently finished tasks (a call that was accepted shows once its task
+/// ends), within 10 s .. 2 min; 30 s without history.
+pub fn intent_bound(tasks: &[TaskRecord]) -> Duration {
+    let longest = (tasks.iter())
+        .filter_map(|t| Some(t.completed_at.as_ref()?.0.duration_since(t.submitted_at.0)))
+        .filter_map(|d| Duration::try_from(d).ok())
+        .max();
+    match longest {
+        Some(d) => (d * 3).clamp(Duration::from_secs(10), Duration::from_secs(120)),
+        None => Duration::from_secs(30),
+    }
+}
+
+/// What the load balancer tells about intents left by a crash.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IntentVerdict {
+    /// Per attempt, the instances whose change shows (a Deregister's gone, a Register's there).
+    pub shown: Vec<(String, Vec<String>)>,
+    /// Attempts whose bound has passed: their remaining instances are planned afresh (submitted again once).
+    pub expired: Vec<String>,
+    /// Until the first remaining bound passes, if any attempt still waits.
+    pub wait: Option<Duration>,
+}
+
+/// Judges intents against the instances `on_lb` holds at `now`, each given `bound` from its time.
+pub fn intents(
+    intents: &[IntentRecord],
+    on_lb: &BTreeSet<String>,
+    now: Timestamp,
+    bound: Duration,
+) -> IntentVerdict {
+    let mut v = IntentVerdict::default();
+    for intent in intents {
+        let shows = |id: &String| match intent.action {
+            TaskAction::Deregister => !on_lb.contains(id),
+            TaskAction::Register => on_lb.contains(id),
+        };
+        let shown: Vec<String> = intent.instance_ids.iter().filter(|id| shows(id)).cloned().collect();
+        let all_shown = shown.len() == intent.instance_ids.len();
+        if !shown.is_empty() {
+            v.shown.push((intent.attempt.clone(), shown));
+        }
+        if all_shown {
+            continue;
+        }
+        let left = intent.at.0.checked_add(bound).ok().map(|end| end.duration_since(now));
+        match left.and_then(|l| Duration::try_from(l).ok()).filter(|l| !l.is_zero()) {
+            Some(l) => v.wait = Some(v.wait.map_or(l, |w| w.min(l))),
+            None => v.expired.push(intent.attempt.clone()),
+        }
+    }
+    v
+}
+
+/// The plan without instances that an intent still waits for: they are neither submitted again nor planned the
+/// other way until the intent is resolved.
+pub fn without_intents(mut plan: Plan, intents: &[IntentRecord]) -> Plan {
+    let held = |id: &String| intents.iter().any(|i| i.instance_ids.contains(id));
+    plan.deregister.retain(|l| !held(&l.instance));
+    plan.join.retain(|j| !held(&j.instance));
+    plan
 }
 
 /// Whether the CLB may be asked now.
@@ -171,7 +235,8 @@ pub fn should_write(
 pub struct Timers {
     /// Until each running task's next poll.
     pub polls: Vec<Duration>,
-    /// Until membership changes without an event (a NotReady node reaching its limit).
+    /// Until membership changes without an event (a NotReady node reaching its limit), or the load balancer
+    /// is looked at again for an intent left by a crash.
     pub recheck: Option<Duration>,
     /// Until changes have settled.
     pub settle: Option<Duration>,
@@ -214,6 +279,71 @@ mod tests {
 
     fn t(s: i64) -> Timestamp {
         Timestamp::from_second(s).unwrap()
+    }
+
+    fn intent(action: TaskAction, ids: &[&str], at: i64) -> IntentRecord {
+        IntentRecord {
+            attempt: "a1".into(),
+            action,
+            instance_ids: ids.iter().map(|i| i.to_string()).collect(),
+            at: Time(t(at)),
+        }
+    }
+
+    /// An intent whose change already shows on the load balancer is resolved without a resubmission; one that
+    /// never shows waits out its bound, then its instances are planned again: exactly one resubmission.
+    #[test]
+    fn intents_are_confirmed_not_repeated() {
+        let bound = Duration::from_secs(30);
+        let lb = |ids: &[&str]| ids.iter().map(|i| i.to_string()).collect::<BTreeSet<_>>();
+        let gone = intent(TaskAction::Deregister, &["ins-a", "ins-b"], 100);
+        let v = intents(std::slice::from_ref(&gone), &lb(&["ins-c"]), t(101), bound);
+        assert_eq!(v.shown, [("a1".to_owned(), vec!["ins-a".to_owned(), "ins-b".to_owned()])]);
+        assert_eq!((v.expired.len(), v.wait), (0, None), "nothing left to wait for");
+
+        // Never shows: wait until the bound, then give up exactly once.
+        let stuck = intent(TaskAction::Deregister, &["ins-a"], 100);
+        let leave = Leave { instance: "ins-a".into(), reason: "NodeDeleted".into() };
+        let planned = || Plan { deregister: vec![leave.clone()], join: vec![] };
+        let mut resubmissions = 0;
+        let mut pending = vec![stuck];
+        for now in (100..200).step_by(5) {
+            let v = intents(&pending, &lb(&["ins-a"]), t(now), bound);
+            if now < 130 {
+                assert_eq!(v.wait, Some(Duration::from_secs((130 - now) as u64)), "at {now}");
+            }
+            pending.retain(|i| !v.expired.contains(&i.attempt));
+            let plan = without_intents(planned(), &pending);
+            if !plan.deregister.is_empty() && resubmissions == 0 {
+                resubmissions += 1;
+                assert_eq!(now, 130, "resubmitted when the bound passed");
+            }
+        }
+        assert_eq!(resubmissions, 1);
+
+        // A Register shows when the instance is there; partly shown intents keep waiting for the rest.
+        let join = intent(TaskAction::Register, &["ins-a", "ins-b"], 100);
+        let v = intents(&[join], &lb(&["ins-a"]), t(110), bound);
+        assert_eq!(v.shown, [("a1".to_owned(), vec!["ins-a".to_owned()])]);
+        assert_eq!(v.wait, Some(Duration::from_secs(20)));
+    }
+
+    /// The bound follows recent task durations, within 10 s and 2 min.
+    #[test]
+    fn the_intent_bound_follows_task_durations() {
+        assert_eq!(intent_bound(&[]), Duration::from_secs(30));
+        let took = |secs: i64| TaskRecord {
+            state: TaskState::Succeeded,
+            ..failed(TaskAction::Register, 100 + secs)
+        };
+        let with = |secs: i64| {
+            let mut task = took(secs);
+            task.submitted_at = Time(t(100));
+            task
+        };
+        assert_eq!(intent_bound(&[with(1)]), Duration::from_secs(10));
+        assert_eq!(intent_bound(&[with(1), with(8)]), Duration::from_secs(24));
+        assert_eq!(intent_bound(&[with(100)]), Duration::from_secs(120));
     }
 
     /// The gate holds only the same attempt, and only until its retry is due.

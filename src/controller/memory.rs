@@ -28,6 +28,9 @@ pub struct Memory(Mutex<HashMap<Key, BindingMemory>>);
 struct BindingMemory {
     /// The status this operator last wrote, until the watch has delivered it.
     written: Option<Written>,
+    /// A status holding requestIds whose write failed: it stays the binding's status (and is written again)
+    /// until a write succeeds, so that no task the CLB accepted is forgotten or submitted twice.
+    unwritten: Option<ClbBackendBindingStatus>,
     /// Consecutive reconciles that ended in an error (see [`Memory::errored`]).
     errors: u32,
     /// The problem being backed off, if any.
@@ -85,20 +88,50 @@ impl Memory {
     /// operator's own last status write (a requeue timer, another event); acting on that stale copy would
     /// submit a task twice or lose a requestId. So the last written status wins until the cache has caught up.
     pub fn current_status(&self, binding: &ClbBackendBinding) -> ClbBackendBindingStatus {
-        let from_cache = binding.status.clone().unwrap_or_default();
-        let mut map = self.lock();
-        let Some(memory) = map.get_mut(&ObjectRef::from_obj(binding)) else { return from_cache };
-        let Some(w) = &memory.written else { return from_cache };
-        if cache_is_older(binding.resource_version(), w.resource_version.clone()) {
-            return w.status.clone();
-        }
-        memory.written = None;
-        from_cache
+        self.statuses(binding).0
     }
 
-    /// Remembers a status write and the resourceVersion it produced.
+    /// The binding's status as the operator knows it, and as the API server holds it (as far as known): they
+    /// differ while a write that must happen (see [`Self::unwritten`]) has not.
+    pub fn statuses(
+        &self,
+        binding: &ClbBackendBinding,
+    ) -> (ClbBackendBindingStatus, ClbBackendBindingStatus) {
+        let from_cache = binding.status.clone().unwrap_or_default();
+        let mut map = self.lock();
+        let Some(memory) = map.get_mut(&ObjectRef::from_obj(binding)) else {
+            return (from_cache.clone(), from_cache);
+        };
+        let stored = match &memory.written {
+            Some(w) if cache_is_older(binding.resource_version(), w.resource_version.clone()) => {
+                w.status.clone()
+            }
+            Some(_) => {
+                memory.written = None;
+                from_cache
+            }
+            None => from_cache,
+        };
+        (memory.unwritten.clone().unwrap_or_else(|| stored.clone()), stored)
+    }
+
+    /// Remembers a status write and the resourceVersion it produced; a status that was waiting to be written
+    /// is now.
     pub fn wrote(&self, key: &Key, resource_version: Option<String>, status: &ClbBackendBindingStatus) {
-        self.with(key, |m| m.written = Some(Written { resource_version, status: status.clone() }));
+        self.with(key, |m| {
+            m.written = Some(Written { resource_version, status: status.clone() });
+            m.unwritten = None;
+        });
+    }
+
+    /// Keeps a status whose write failed: it is what the binding's next reconcile starts from and writes.
+    pub fn unwritten(&self, key: &Key, status: &ClbBackendBindingStatus) {
+        self.with(key, |m| m.unwritten = Some(status.clone()));
+    }
+
+    /// Whether a status is waiting to be written.
+    pub fn has_unwritten(&self, key: &Key) -> bool {
+        self.lock().get(key).is_some_and(|m| m.unwritten.is_some())
     }
 
     /// Counts a reconcile that ended in an error and returns how long to wait before the next one.
@@ -280,6 +313,7 @@ mod tests {
         assert!(m.first_report(&k, "InstanceIdMissing:node-a".into()));
         m.deregister_submitted(&k, 1001, vec![Instant::now()]);
         m.read_credentials(&k, "7".into(), Credentials::new("AKID", "key", None));
+        m.unwritten(&k, &ClbBackendBindingStatus::default());
         assert_eq!(m.len(), 1);
         m.forget(&k);
         assert!(m.is_empty());
@@ -309,6 +343,15 @@ mod tests {
         assert_eq!(m.current_status(&b), ours);
         b.metadata.resource_version = Some("10".into());
         assert_eq!(m.current_status(&b), ClbBackendBindingStatus::default());
+
+        // A status whose write failed wins over everything until a write succeeds.
+        let lost = ClbBackendBindingStatus { in_flight: 1, ..Default::default() };
+        m.unwritten(&key(), &lost);
+        assert!(m.has_unwritten(&key()));
+        assert_eq!(m.statuses(&b), (lost.clone(), ClbBackendBindingStatus::default()));
+        m.wrote(&key(), Some("11".into()), &lost);
+        assert!(!m.has_unwritten(&key()));
+        assert_eq!(m.current_status(&b), lost, "the write is newer than the cache");
         assert!(cache_is_older(Some("a".into()), Some("b".into())));
         assert!(!cache_is_older(Some("b".into()), Some("b".into())));
     }

@@ -40,8 +40,11 @@ pub struct Observed {
     pub key: Key,
     /// Its namespace.
     pub namespace: String,
-    /// Its status as the operator knows it (its own last write wins over a stale cache).
+    /// Its status as the operator knows it (its own last write wins over a stale cache, and a failed write of
+    /// requestIds over both).
     pub status: ClbBackendBindingStatus,
+    /// Its status as the API server holds it, as far as the operator knows.
+    pub stored: ClbBackendBindingStatus,
     /// The time the status records for this reconcile.
     pub now: Timestamp,
     /// Which instances should serve, or why that cannot be said.
@@ -77,7 +80,7 @@ impl Observed {
 pub async fn binding(ctx: &Context, binding: Arc<ClbBackendBinding>) -> Result<Observed> {
     let key = ObjectRef::from_obj(&*binding);
     let namespace = binding.namespace().unwrap_or_default();
-    let status = ctx.memory.current_status(&binding);
+    let (status, stored) = ctx.memory.statuses(&binding);
     let now = Timestamp::now();
     let spec = &binding.spec;
     let pods = match spec.targets.pod_selector.is_some() {
@@ -103,6 +106,7 @@ pub async fn binding(ctx: &Context, binding: Arc<ClbBackendBinding>) -> Result<O
         key,
         namespace,
         status,
+        stored,
         now,
         membership,
         looked_at,
@@ -116,7 +120,7 @@ pub async fn binding(ctx: &Context, binding: Arc<ClbBackendBinding>) -> Result<O
 pub async fn deleting(ctx: &Context, binding: Arc<ClbBackendBinding>) -> Result<Observed> {
     let key = ObjectRef::from_obj(&*binding);
     let namespace = binding.namespace().unwrap_or_default();
-    let status = ctx.memory.current_status(&binding);
+    let (status, stored) = ctx.memory.statuses(&binding);
     let (credentials, secret_version) = credentials(ctx, &key, &binding).await?;
     let clb = credentials.map(|c| ctx.clb.with_credentials(c).with_region(&binding.spec.region));
     Ok(Observed {
@@ -124,6 +128,7 @@ pub async fn deleting(ctx: &Context, binding: Arc<ClbBackendBinding>) -> Result<
         key,
         namespace,
         status,
+        stored,
         now: Timestamp::now(),
         membership: Ok(Membership::default()),
         looked_at: BTreeSet::new(),

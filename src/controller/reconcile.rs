@@ -40,6 +40,12 @@ use crate::{
 /// hand.
 const CREDENTIALS_RETRY: Duration = Duration::from_secs(30);
 
+/// Longest wait before a status holding requestIds is written again after its write failed.
+const UNWRITTEN_RETRY: Duration = Duration::from_secs(5);
+
+/// How often the load balancer is looked at while an intent left by a crash waits to show.
+const INTENT_RECHECK: Duration = Duration::from_secs(1);
+
 /// Reconciles one binding: the finalizer helper routes live bindings to [`apply`] and deleting ones to
 /// [`cleanup`].
 pub async fn reconcile(binding: Arc<ClbBackendBinding>, ctx: Arc<Context>) -> Result<Action> {
@@ -75,7 +81,12 @@ pub fn error_policy(binding: Arc<ClbBackendBinding>, error: &Error, ctx: Arc<Con
         debug!(binding = %binding.name_any(), %error, "Waiting");
         return Action::requeue(delay);
     }
-    let delay = ctx.memory.errored(&ObjectRef::from_obj(&*binding), &ctx.tunables.problem_backoff);
+    let key = ObjectRef::from_obj(&*binding);
+    let mut delay = ctx.memory.errored(&key, &ctx.tunables.problem_backoff);
+    if ctx.memory.has_unwritten(&key) {
+        // The CLB accepted tasks the status does not show yet: keep trying to write them.
+        delay = delay.min(UNWRITTEN_RETRY);
+    }
     warn!(binding = %binding.name_any(), namespace = ?binding.namespace(), kind = error.kind(), %error,
         retry_in_ms = delay.as_millis() as u64, "Reconcile failed");
     Action::requeue(delay)
@@ -86,7 +97,7 @@ async fn apply(binding: Arc<ClbBackendBinding>, ctx: &Context) -> Result<Action>
     // Observe: the binding's status, membership and credentials. Nothing is written.
     let seen = observe::binding(ctx, binding).await?;
     ctx.index.update(seen.key.clone(), seen.interest());
-    let mut draft = Draft::new(&seen.status);
+    let mut draft = Draft::new(&seen);
     let membership = match &seen.membership {
         Ok(m) => m,
         Err(e) => {
@@ -106,12 +117,17 @@ async fn apply(binding: Arc<ClbBackendBinding>, ctx: &Context) -> Result<Action>
         }
     };
 
-    // Act and record: the running tasks that are due are polled, and what finished is applied.
+    // Act and record: the running tasks that are due are polled, and what finished is applied; intents left by
+    // a crash are confirmed on the load balancer, never blindly repeated.
     let mut met = poll(ctx, &seen, clb, &mut draft.status).await;
+    let intents =
+        confirm_intents(&seen, clb, |id| membership.desired.get(id).cloned(), &mut draft.status).await;
+    met.extend(intents.1);
 
     // Decide: what changes, and whether it goes out now (settling, the problem backoff, failed-task backoff).
-    let plan =
+    let planned =
         plan::plan(&draft.status.backends, membership, |n| seen.existing.contains(n), seen.pod_targeted());
+    let plan = decide::without_intents(planned, &draft.status.intents);
     let cause = decide::cause(
         seen.binding.meta().generation,
         seen.secret_version.as_deref(),
@@ -125,19 +141,16 @@ async fn apply(binding: Arc<ClbBackendBinding>, ctx: &Context) -> Result<Action>
     // Act and record, removals first: a backend going away must stop receiving traffic before anything else.
     let leaving = decide::step(plan.deregister, TaskAction::Deregister, &draft.status.tasks, seen.now, wait);
     if let Step::Submit(leaving) = &leaving {
-        met.extend(deregister(ctx, &seen, clb, leaving, &mut draft.status).await);
-        draft.persist(ctx, &seen.binding).await?; // the requestIds reach the status before anything else
+        met.extend(deregister(ctx, &seen, clb, leaving, &mut draft).await?);
     }
     let blocked = wait || !met.problems.is_empty();
     let joining = decide::step(plan.join, TaskAction::Register, &draft.status.tasks, seen.now, blocked);
     if let Step::Submit(joining) = &joining {
-        met.extend(join(ctx, &seen, clb, joining, &mut draft.status).await);
-        if draft.status != draft.written {
-            draft.persist(ctx, &seen.binding).await?; // the requestIds reach the status before anything else
-        }
+        met.extend(join(ctx, &seen, clb, joining, &mut draft).await?);
     }
     let pending = leaving == Step::Pending || joining == Step::Pending;
-    let done = Done { desired, pending, gate, cause, settle, recheck: membership.recheck_after, met };
+    let recheck = [membership.recheck_after, intents.0].into_iter().flatten().min();
+    let done = Done { desired, pending, gate, cause, settle, recheck, met };
     finish(ctx, &seen, draft, done).await
 }
 
@@ -159,7 +172,7 @@ async fn cleanup(binding: Arc<ClbBackendBinding>, ctx: &Context) -> Result<Actio
         return Ok(released(ctx, &key));
     }
     let seen = observe::deleting(ctx, binding).await?;
-    let mut draft = Draft::new(&seen.status);
+    let mut draft = Draft::new(&seen);
     let clb = match &seen.clb {
         Ok(clb) => clb,
         Err(problem) => {
@@ -172,15 +185,16 @@ async fn cleanup(binding: Arc<ClbBackendBinding>, ctx: &Context) -> Result<Actio
         }
     };
     let mut met = poll(ctx, &seen, clb, &mut draft.status).await;
+    met.extend(confirm_intents(&seen, clb, |_| None, &mut draft.status).await.1);
     let leaving: Vec<Leave> = (draft.status.backends.iter())
         .filter(|b| b.state == BackendState::Registered)
+        .filter(|b| !draft.status.intents.iter().any(|i| i.instance_ids.contains(&b.instance_id)))
         .map(|b| Leave { instance: b.instance_id.clone(), reason: "BindingDeleted".to_owned() })
         .collect();
     if let Step::Submit(leaving) =
         decide::step(leaving, TaskAction::Deregister, &draft.status.tasks, seen.now, false)
     {
-        met.extend(deregister(ctx, &seen, clb, &leaving, &mut draft.status).await);
-        draft.persist(ctx, &seen.binding).await?; // the requestIds reach the status before anything else
+        met.extend(deregister(ctx, &seen, clb, &leaving, &mut draft).await?);
     }
     if draft.status.backends.is_empty() {
         return Ok(released(ctx, &seen.key));
@@ -204,12 +218,24 @@ struct Draft {
 }
 
 impl Draft {
-    fn new(status: &ClbBackendBindingStatus) -> Self {
-        Self { status: status.clone(), written: status.clone() }
+    fn new(seen: &Observed) -> Self {
+        Self { status: seen.status.clone(), written: seen.stored.clone() }
     }
 
-    /// Writes the status as it stands.
+    /// Writes the status as it stands. If the write fails, the status is kept in the binding's memory: it holds
+    /// requestIds, and the next reconcile starts from it (polls them, plans nothing twice) and writes it again.
     async fn persist(&mut self, ctx: &Context, binding: &ClbBackendBinding) -> Result<()> {
+        if let Err(e) = act::write_status(ctx, binding, &self.status).await {
+            ctx.memory.unwritten(&ObjectRef::from_obj(binding), &self.status);
+            return Err(e);
+        }
+        self.written = self.status.clone();
+        Ok(())
+    }
+
+    /// Writes an intent before its submission. If that fails nothing was sent, so nothing new is kept (a status
+    /// waiting to be written stays as it was).
+    async fn persist_intent(&mut self, ctx: &Context, binding: &ClbBackendBinding) -> Result<()> {
         act::write_status(ctx, binding, &self.status).await?;
         self.written = self.status.clone();
         Ok(())
@@ -238,22 +264,29 @@ async fn poll(
     recorded
 }
 
-/// Submits Deregister tasks and records them, remembering when each instance's signal was seen.
+/// Submits Deregister tasks and records them, remembering when each instance's signal was seen: the intent is
+/// written before the call, and the requestIds right after it.
 async fn deregister(
     ctx: &Context,
     seen: &Observed,
     clb: &ClbClient,
     leaving: &[Leave],
-    status: &mut ClbBackendBindingStatus,
-) -> Recorded {
+    draft: &mut Draft,
+) -> Result<Recorded> {
+    let ids = leaving.iter().map(|l| l.instance.clone()).collect();
+    let attempt = status::intend(&mut draft.status, TaskAction::Deregister, ids, seen.now);
+    draft.persist_intent(ctx, &seen.binding).await?; // the intent reaches the status before the call
     let outcomes = act::deregister(ctx, clb, &seen.key, &seen.binding.spec.load_balancer_id, leaving).await;
     for outcome in &outcomes {
         if let Outcome::Task { request_id, batch } = outcome {
-            let signals = batch.iter().map(|l| signal_seen(ctx, status, &l.instance)).collect();
+            let signals = batch.iter().map(|l| signal_seen(ctx, &draft.status, &l.instance)).collect();
             ctx.memory.deregister_submitted(&seen.key, *request_id, signals);
         }
     }
-    status::deregistered(status, &outcomes, seen.now)
+    let recorded = status::deregistered(&mut draft.status, &outcomes, seen.now);
+    status::intent_done(&mut draft.status, &attempt);
+    draft.persist(ctx, &seen.binding).await?; // the requestIds reach the status before anything else
+    Ok(recorded)
 }
 
 /// When the operator saw the change that makes `instance` leave: the last event about its node, or now.
@@ -262,32 +295,64 @@ fn signal_seen(ctx: &Context, status: &ClbBackendBindingStatus, instance: &str) 
     node.and_then(|n| ctx.caches.signals.last(n)).unwrap_or_else(Instant::now)
 }
 
-/// Adopts joining instances already on the load balancer, submits Register tasks for the rest, and records both.
+/// Adopts joining instances already on the load balancer, submits Register tasks for the rest, and records both:
+/// the intent is written before the call, and the requestIds right after it.
 async fn join(
     ctx: &Context,
     seen: &Observed,
     clb: &ClbClient,
     joining: &[Join],
-    status: &mut ClbBackendBindingStatus,
-) -> Recorded {
+    draft: &mut Draft,
+) -> Result<Recorded> {
     let lb = &seen.binding.spec.load_balancer_id;
     let on_lb = match observe::load_balancer(clb, lb).await {
         Ok(ids) => ids,
         Err(e) => {
             warn!(binding = %seen.key, kind = e.kind(), error = %e, "Listing the load balancer's backends failed");
-            return Recorded { problems: vec![act::problem_from(&e)], ..Recorded::default() };
+            return Ok(Recorded { problems: vec![act::problem_from(&e)], ..Recorded::default() });
         }
     };
     let (adopt, register) = plan::split_join(joining.to_vec(), &on_lb);
     if !adopt.is_empty() {
         info!(binding = %seen.key, instances = adopt.len(), "Adopted instances already on the load balancer");
     }
+    if register.is_empty() {
+        return Ok(status::joined(&mut draft.status, &adopt, &[], seen.now));
+    }
+    let ids = register.iter().map(|j| j.instance.clone()).collect();
+    let attempt = status::intend(&mut draft.status, TaskAction::Register, ids, seen.now);
+    draft.persist_intent(ctx, &seen.binding).await?; // the intent reaches the status before the call
     let weight = u32::try_from(seen.binding.spec.weight.clamp(0, 100)).unwrap_or(10);
-    let outcomes = match register.is_empty() {
-        true => Vec::new(),
-        false => act::register(ctx, clb, &seen.key, lb, &register, weight).await,
+    let outcomes = act::register(ctx, clb, &seen.key, lb, &register, weight).await;
+    let recorded = status::joined(&mut draft.status, &adopt, &outcomes, seen.now);
+    status::intent_done(&mut draft.status, &attempt);
+    draft.persist(ctx, &seen.binding).await?; // the requestIds reach the status before anything else
+    Ok(recorded)
+}
+
+/// Confirms intents left by a crash on the load balancer: what shows is recorded, what has waited out its bound
+/// is planned afresh. Returns when to look again, if an intent still waits, and what was recorded.
+async fn confirm_intents(
+    seen: &Observed,
+    clb: &ClbClient,
+    node_of: impl Fn(&str) -> Option<String>,
+    status: &mut ClbBackendBindingStatus,
+) -> (Option<Duration>, Recorded) {
+    if status.intents.is_empty() {
+        return (None, Recorded::default());
+    }
+    let on_lb = match observe::load_balancer(clb, &seen.binding.spec.load_balancer_id).await {
+        Ok(ids) => ids,
+        Err(e) => {
+            let problems = vec![act::problem_from(&e)];
+            return (Some(INTENT_RECHECK), Recorded { problems, ..Recorded::default() });
+        }
     };
-    status::joined(status, &adopt, &outcomes, seen.now)
+    let verdict = decide::intents(&status.intents, &on_lb, seen.now, decide::intent_bound(&status.tasks));
+    info!(binding = %seen.key, shown = verdict.shown.len(), expired = verdict.expired.len(),
+        waiting = verdict.wait.is_some(), "Confirmed intents left by an earlier process");
+    let recorded = status::intents_resolved(status, &verdict.shown, &verdict.expired, node_of);
+    (verdict.wait.map(|w| w.min(INTENT_RECHECK)), recorded)
 }
 
 /// How a reconcile ended, for [`finish`].

@@ -6,7 +6,9 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::plan::{Join, Leave};
-use crate::api::{BackendState, BackendStatus, ClbBackendBindingStatus, TaskAction, TaskRecord, TaskState};
+use crate::api::{
+    BackendState, BackendStatus, ClbBackendBindingStatus, IntentRecord, TaskAction, TaskRecord, TaskState,
+};
 
 /// How many finished tasks the status keeps, newest first, after the running ones.
 pub const TASK_HISTORY: usize = 10;
@@ -230,6 +232,66 @@ pub fn joined(
             Outcome::Failed(problem) => r.problems.push(problem.clone()),
         }
     }
+    r
+}
+
+/// Records that a submission of `action` for `instances` is about to be made; returns its attempt id.
+pub fn intend(
+    status: &mut ClbBackendBindingStatus,
+    action: TaskAction,
+    instances: Vec<String>,
+    now: Timestamp,
+) -> String {
+    let attempt = format!("{:016x}", rand::random::<u64>());
+    status.intents.push(IntentRecord {
+        attempt: attempt.clone(),
+        action,
+        instance_ids: instances,
+        at: Time(now),
+    });
+    attempt
+}
+
+/// Drops an intent: its submission was made and recorded, or is given up.
+pub fn intent_done(status: &mut ClbBackendBindingStatus, attempt: &str) {
+    status.intents.retain(|i| i.attempt != attempt);
+}
+
+/// Applies what the load balancer shows of intents left by a crash: `shown` instances of each attempt made the
+/// change (a Deregister's are gone: no longer owned; a Register's are there: owned, on the node `node_of` says);
+/// attempts in `drop` are given up, so that their remaining instances are planned afresh.
+pub fn intents_resolved(
+    status: &mut ClbBackendBindingStatus,
+    shown: &[(String, Vec<String>)],
+    drop: &[String],
+    node_of: impl Fn(&str) -> Option<String>,
+) -> Recorded {
+    let mut r = Recorded::default();
+    for (attempt, ids) in shown {
+        let Some(intent) = status.intents.iter_mut().find(|i| &i.attempt == attempt) else { continue };
+        intent.instance_ids.retain(|i| !ids.contains(i));
+        match intent.action {
+            TaskAction::Deregister => {
+                r.released.extend(nodes_of(status, |b| ids.contains(&b.instance_id)));
+                already_gone(status, ids);
+            }
+            TaskAction::Register => {
+                let owned: BTreeSet<String> = status.backends.iter().map(|b| b.instance_id.clone()).collect();
+                for id in ids.iter().filter(|id| !owned.contains(*id)) {
+                    let node = node_of(id);
+                    r.claimed.extend(node.clone());
+                    status.backends.push(BackendStatus {
+                        instance_id: id.clone(),
+                        node,
+                        state: BackendState::Registered,
+                        request_id: None,
+                        reason: None,
+                    });
+                }
+            }
+        }
+    }
+    status.intents.retain(|i| !i.instance_ids.is_empty() && !drop.contains(&i.attempt));
     r
 }
 
