@@ -36,8 +36,12 @@ fn pids(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Whether `pid` runs: exists and is not a zombie (a stopped process its parent has not reaped yet).
 fn alive(pid: &str) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit(')').next().map(|rest| rest.split_whitespace().next() != Some("Z")))
+        .unwrap_or(false)
 }
 
 #[test]
@@ -83,4 +87,40 @@ fn a_taken_port_is_a_clear_error() {
     assert!(!out.status.success());
     assert!(err.contains(&format!("port {port} for kube-apiserver is taken")), "{err}");
     testenv(dir.path(), &["down"]);
+}
+
+/// The API server alone stops and starts again, on the same port and with the same kubeconfig, while etcd and
+/// its data stay: what the soak test's API-server restart needs.
+#[test]
+fn the_api_server_restarts_alone_on_its_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out) = testenv(dir.path(), &["up"]);
+    assert!(ok, "{out}");
+    let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap().trim().to_owned();
+    let (port, etcd, api) = (read("api.port"), read("etcd.pid"), read("apiserver.pid"));
+    let kubectl = |args: &[&str]| {
+        Command::new(common::kubectl_bin())
+            .arg("--kubeconfig")
+            .arg(dir.path().join("kubeconfig"))
+            .args(args)
+            .output()
+            .expect("run kubectl")
+    };
+    assert!(kubectl(&["create", "namespace", "kept"]).status.success());
+
+    let (ok, out) = testenv(dir.path(), &["stop-apiserver"]);
+    assert!(ok, "{out}");
+    assert!(!alive(&api), "the API server is gone, not left as a zombie");
+    assert!(alive(&etcd), "etcd keeps running");
+    assert_ne!(readyz(dir.path()), "ok");
+    let (_, status) = testenv(dir.path(), &["status"]);
+    assert!(status.contains("apiserver: stopped"), "{status}");
+
+    let (ok, out) = testenv(dir.path(), &["start-apiserver"]);
+    assert!(ok, "{out}");
+    assert_eq!(read("api.port"), port, "the same port");
+    assert_eq!(readyz(dir.path()), "ok");
+    assert!(kubectl(&["get", "namespace", "kept"]).status.success(), "the data survived");
+    let (ok, out) = testenv(dir.path(), &["down"]);
+    assert!(ok, "{out}");
 }

@@ -135,7 +135,15 @@ async fn secret_watch(
         }),
     )
     .default_backoff()
-    .touched_objects()
+    .filter_map(|event| {
+        // Changes only: a (re-)list of every Secret in scope must not wake every binding at once (at start, such
+        // wake-ups race the first reconcile of new bindings, whose finalizer the cache does not show yet).
+        std::future::ready(match event {
+            Ok(watcher::Event::Apply(secret) | watcher::Event::Delete(secret)) => Some(Ok(secret)),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        })
+    })
     .boxed();
     (Some(store), changes)
 }

@@ -50,7 +50,11 @@ pub fn run_config(t: &TestNs, emu: &EmulatorHandle) -> Config {
 
 /// Runs the operator with `config` in process, against the test's control plane, until dropped.
 pub fn start_operator_with(t: &TestNs, config: Config) -> Operator {
-    let client = t.client.clone();
+    start_operator_on(t.client.clone(), config)
+}
+
+/// Runs the operator with `config` in process on `client` (e.g. one with a fault layer), until dropped.
+pub fn start_operator_on(client: kube::Client, config: Config) -> Operator {
     Operator(tokio::spawn(async move {
         if let Err(e) = clb_operator::controller::run(config, client).await {
             panic!("operator failed: {e:#}");

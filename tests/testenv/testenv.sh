@@ -5,6 +5,8 @@
 # usage: testenv.sh up [--with-kwok] [--with-kcm]   start (or reuse) it; prints `export KUBECONFIG=...`
 #        testenv.sh down                            stop exactly the processes `up` started
 #        testenv.sh status                          say what runs
+#        testenv.sh stop-apiserver                  stop kube-apiserver alone (etcd and the rest keep running)
+#        testenv.sh start-apiserver                 start it again, on the same port, with the same kubeconfig
 #
 # TESTENV_DIR (default: .testenv/run in the repo) holds the kubeconfig, PKI, PID files and logs/.
 # TESTENV_API_PORT / TESTENV_ETCD_PORT pin ports (default: free ones). Binaries come from build.sh.
@@ -26,11 +28,41 @@ die() {
   exit 1
 }
 
-pid_alive() { [ -f "$TESTENV_DIR/$1.pid" ] && kill -0 "$(cat "$TESTENV_DIR/$1.pid")" 2>/dev/null; }
+# A process counts as alive only if it exists and is not a zombie: a stopped process whose parent never reaps it
+# still answers `kill -0`.
+pid_running() {
+  local state
+  state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+  [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]
+}
+pid_alive() { [ -f "$TESTENV_DIR/$1.pid" ] && pid_running "$(cat "$TESTENV_DIR/$1.pid")"; }
+
+# stop_process NAME: SIGTERM, up to 10 s to exit (kube-apiserver drains its connections), then SIGKILL; waits until
+# it is really gone.
+stop_process() {
+  local name=$1 pid n
+  [ -f "$TESTENV_DIR/$name.pid" ] || return 0
+  pid=$(cat "$TESTENV_DIR/$name.pid")
+  if kill "$pid" 2>/dev/null; then
+    for n in $(seq 1 100); do pid_running "$pid" || break; sleep 0.1; done
+    if pid_running "$pid"; then
+      kill -9 "$pid" 2>/dev/null || true
+      for n in $(seq 1 50); do pid_running "$pid" || break; sleep 0.1; done
+    fi
+  fi
+  rm -f "$TESTENV_DIR/$name.pid"
+}
 
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1]);s.close()'; }
 
 port_free() { python3 -c 'import socket,sys;s=socket.socket();s.bind(("127.0.0.1",int(sys.argv[1])))' "$1" 2>/dev/null; }
+
+# Whether a server that sets SO_REUSEADDR, as Go's listeners do, can bind the port: connections of a stopped server
+# linger in TIME_WAIT for a minute and fail a plain bind, but not that one.
+port_reusable() {
+  python3 -c 'import socket,sys
+s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(("127.0.0.1",int(sys.argv[1])));s.listen()' "$1" 2>/dev/null
+}
 
 pick_port() { # pick_port VAR_VALUE NAME: the pinned port if free, else a free one
   local pinned=$1 name=$2
@@ -118,8 +150,16 @@ start_etcd() {
 
 start_apiserver() {
   pid_alive apiserver && return 0
-  local port
-  port=$(pick_port "${TESTENV_API_PORT:-}" kube-apiserver)
+  local port=${1:-}
+  if [ -n "$port" ]; then
+    # A restart on the port of the last run: the old process is gone (stop_process waits for that), and its
+    # connections in TIME_WAIT do not keep kube-apiserver from binding; another listener would.
+    local n
+    for n in $(seq 1 50); do port_reusable "$port" && break; sleep 0.1; done
+    port_reusable "$port" || die "port $port of the stopped kube-apiserver is taken by another process"
+  else
+    port=$(pick_port "${TESTENV_API_PORT:-}" kube-apiserver)
+  fi
   echo "$port" >"$TESTENV_DIR/api.port"
   # ServiceAccount admission and the GC finalizers need kube-controller-manager; they are off so that pods can be
   # created and objects deleted with or without it. Priority and fairness is off so test bursts are not throttled.
@@ -197,15 +237,9 @@ up() {
 }
 
 down() {
-  local c pid n
+  local c
   for c in scheduler kcm kwok apiserver etcd; do
-    [ -f "$TESTENV_DIR/$c.pid" ] || continue
-    pid=$(cat "$TESTENV_DIR/$c.pid")
-    if kill "$pid" 2>/dev/null; then
-      for n in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -f "$TESTENV_DIR/$c.pid"
+    stop_process "$c"
   done
   if [ -f "$TESTENV_DIR/etcd.data" ]; then
     rm -rf "$(cat "$TESTENV_DIR/etcd.data")"
@@ -222,6 +256,20 @@ status() {
   [ -f "$KUBECONFIG_FILE" ] && echo "kubeconfig: $KUBECONFIG_FILE"
 }
 
+stop_apiserver_alone() {
+  pid_alive etcd || die "no test control plane runs in $TESTENV_DIR"
+  stop_process apiserver
+  log "kube-apiserver stopped (port $(cat "$TESTENV_DIR/api.port"))"
+}
+
+start_apiserver_again() {
+  pid_alive etcd || die "no test control plane runs in $TESTENV_DIR; use 'up'"
+  [ -f "$TESTENV_DIR/api.port" ] || die "no port of an earlier kube-apiserver in $TESTENV_DIR"
+  local start=$SECONDS
+  start_apiserver "$(cat "$TESTENV_DIR/api.port")"
+  log "kube-apiserver ready again in $((SECONDS - start)) s"
+}
+
 case "${1:-}" in
 up)
   shift
@@ -229,5 +277,7 @@ up)
   ;;
 down) down ;;
 status) status ;;
-*) die "usage: $0 up [--with-kwok] [--with-kcm] | down | status" ;;
+stop-apiserver) stop_apiserver_alone ;;
+start-apiserver) start_apiserver_again ;;
+*) die "usage: $0 up [--with-kwok] [--with-kcm] | down | status | stop-apiserver | start-apiserver" ;;
 esac

@@ -1,0 +1,147 @@
+//! Crash safety against the real test control plane: a status write that fails right after the CLB accepted a
+//! task neither loses the task nor submits it a second time.
+
+mod common;
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+};
+
+use clb_operator::{
+    api::{TaskAction, TaskState},
+    clb::Action,
+};
+use common::{TestNs, scenario::*};
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::Node;
+use kube::{
+    Api,
+    api::DeleteParams,
+    client::{Body, ClientBuilder},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use serde_json::json;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A fault hook in the operator's Kubernetes client: once armed with a piece of text, the next status write
+/// whose body contains it fails as a lost connection would, without reaching the API server.
+#[derive(Clone, Default)]
+struct FailWrite {
+    needle: Arc<Mutex<Option<String>>>,
+    failed: Arc<AtomicUsize>,
+}
+
+impl FailWrite {
+    fn arm(&self, needle: String) {
+        *self.needle.lock().unwrap() = Some(needle);
+    }
+
+    fn failed(&self) -> usize {
+        self.failed.load(Ordering::SeqCst)
+    }
+}
+
+impl<S> tower::Layer<S> for FailWrite {
+    type Service = FailWriteService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        FailWriteService { inner: Arc::new(tokio::sync::Mutex::new(inner)), fault: self.clone() }
+    }
+}
+
+/// The fault hook around kube's (boxed, not cloneable) service stack: it is locked only to get each call's
+/// future, never while a request runs (watches run for minutes).
+struct FailWriteService<S> {
+    inner: Arc<tokio::sync::Mutex<S>>,
+    fault: FailWrite,
+}
+
+impl<S> tower::Service<http::Request<Body>> for FailWriteService<S>
+where
+    S: tower::Service<http::Request<Body>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<S::Response, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Readiness of the inner service is awaited per call, under the lock.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let inner = self.inner.clone();
+        let fault = self.fault.clone();
+        Box::pin(async move {
+            let is_status_write =
+                request.method() == http::Method::PATCH && request.uri().path().ends_with("/status");
+            let armed = fault.needle.lock().unwrap().clone();
+            let request = match (is_status_write, armed) {
+                (true, Some(needle)) => {
+                    let (parts, body) = request.into_parts();
+                    let bytes = body.collect_bytes().await?;
+                    if String::from_utf8_lossy(&bytes).contains(&needle)
+                        && fault.needle.lock().unwrap().take().is_some()
+                    {
+                        fault.failed.fetch_add(1, Ordering::SeqCst);
+                        return Err("injected: the status write was lost".into());
+                    }
+                    http::Request::from_parts(parts, Body::from(bytes))
+                }
+                _ => request,
+            };
+            let call = {
+                let mut service = inner.lock().await;
+                futures::future::poll_fn(|cx| service.poll_ready(cx)).await.map_err(Into::into)?;
+                service.call(request)
+            };
+            call.await.map_err(Into::into)
+        })
+    }
+}
+
+async fn faulty_client(t: &TestNs, fault: &FailWrite) -> kube::Client {
+    let kc = Kubeconfig::read_from(&t.plane.kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.unwrap();
+    ClientBuilder::try_from(config).unwrap().with_layer(fault).build()
+}
+
+/// The status write right after a Deregister submission fails once: the requestId still reaches the status
+/// (written again from the operator's memory), is polled to success, and no second Deregister is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_status_write_after_a_submission_loses_nothing() {
+    let (t, emu) = setup("write-fault").await;
+    let nodes = nodes(&t, &token_suffix(), 3).await;
+    let fault = FailWrite::default();
+    let _op = start_operator_on(faulty_client(&t, &fault).await, run_config(&t, &emu));
+    binding(&t, "web", LB, false, json!({})).await;
+    wait_ready_with(&t, "web", &ids(&nodes)).await;
+
+    let (node, gone) = nodes[0].clone();
+    // The first status write holding a Deregister task for the instance (the patch's keys are sorted; an intent
+    // has no requestId).
+    fault.arm(format!(r#""action":"Deregister","instanceIds":["{gone}"],"requestId""#));
+    Api::<Node>::all(t.client.clone()).delete(&node, &DeleteParams::default()).await.unwrap();
+    let s = wait_ready_with(&t, "web", &ids(&nodes[1..])).await;
+
+    assert_eq!(fault.failed(), 1, "the status write with the new task failed once");
+    assert_eq!(deregister_calls(&emu), [vec![gone.clone()]], "one Deregister, never a second");
+    let state = emu.state();
+    let call = state.calls_of(Action::DeregisterInstancesFromLoadBalancer).find(|c| c.code == 0).unwrap();
+    let request_id = call.request_id.unwrap();
+    let task = s.tasks.iter().find(|t| t.action == TaskAction::Deregister).unwrap();
+    assert_eq!((task.request_id, task.state), (request_id, TaskState::Succeeded), "{:?}", s.tasks);
+    let polls = state
+        .calls_of(Action::DescribeLoadBalancersTaskResult)
+        .filter(|c| c.request_id == Some(request_id))
+        .count();
+    assert!(polls >= 1, "the task was polled");
+    assert!(s.intents.is_empty(), "no intent left behind: {:?}", s.intents);
+}
