@@ -6,6 +6,7 @@ mod credentials;
 mod error;
 pub mod sign;
 pub mod task;
+pub mod tc3;
 pub mod wire;
 
 use std::fmt;
