@@ -296,128 +296,164 @@ mod tests {
         }
     }
 
-    /// No watch while no namespace is wanted; a new list whenever the set changes; events of other
-    /// namespaces dropped; coverage only once a list is complete; an emptied scope empties the cache.
-    #[tokio::test(start_paused = true)]
-    async fn watches_only_the_wanted_namespaces() {
-        let scope = PodScope::default();
-        let sent: Sent = Arc::default();
-        let starts = sent.clone();
-        let (store, writer) = kube::runtime::reflector::store::<SlimPod>();
-        let cached = || {
-            let mut pods: Vec<String> = store
+    /// A pod scope fed by fake watches, one per list it starts, and the store it fills.
+    struct Rig {
+        scope: Arc<PodScope>,
+        sent: Sent,
+        store: kube::runtime::reflector::Store<SlimPod>,
+        events: BoxStream<'static, Result<Event<SlimPod>, watcher::Error>>,
+    }
+
+    impl Rig {
+        fn new() -> Self {
+            let scope = Arc::new(PodScope::default());
+            let sent: Sent = Arc::default();
+            let starts = sent.clone();
+            let (store, writer) = kube::runtime::reflector::store::<SlimPod>();
+            let start = move || {
+                let (tx, rx) = mpsc::unbounded();
+                starts.lock().unwrap().push(tx);
+                rx.boxed()
+            };
+            let events = scope.events(start, writer).boxed();
+            Self { scope, sent, store, events }
+        }
+
+        /// The next event the stream passes on, or "nothing" within 5 s.
+        async fn next(&mut self) -> String {
+            match tokio::time::timeout(Duration::from_secs(5), self.events.next()).await {
+                Ok(event) => label(event),
+                Err(_) => "nothing".into(),
+            }
+        }
+
+        /// Sends to watch number `i` (in the order they were started).
+        fn send_to(&self, i: usize, events: impl IntoIterator<Item = Event<SlimPod>>) {
+            for event in events {
+                self.sent.lock().unwrap()[i].unbounded_send(Ok(event)).unwrap();
+            }
+        }
+
+        fn want(&self, namespaces: &[&str]) -> bool {
+            self.scope.want(|| set(namespaces))
+        }
+
+        fn watches(&self) -> usize {
+            self.sent.lock().unwrap().len()
+        }
+
+        async fn covered(&self, namespaces: &[&str]) -> bool {
+            self.scope.covered(&set(namespaces), Duration::ZERO).await
+        }
+
+        fn cached(&self) -> Vec<String> {
+            let mut pods: Vec<String> = self
+                .store
                 .state()
                 .iter()
                 .map(|p| format!("{}/{}", p.namespace().unwrap(), p.name_any()))
                 .collect();
             pods.sort();
             pods
-        };
-        let mut events = scope
-            .events(
-                move || {
-                    let (tx, rx) = mpsc::unbounded();
-                    starts.lock().unwrap().push(tx);
-                    rx.boxed()
-                },
-                writer,
-            )
-            .boxed();
-        let next = async |events: &mut BoxStream<'static, Result<Event<SlimPod>, watcher::Error>>| {
-            match tokio::time::timeout(Duration::from_secs(5), events.next()).await {
-                Ok(event) => label(event),
-                Err(_) => "nothing".into(),
-            }
-        };
-        // Sends to watch number `i` (in the order they were started).
-        let send_to =
-            |i: usize, event: Event<SlimPod>| sent.lock().unwrap()[i].unbounded_send(Ok(event)).unwrap();
-        let want = |namespaces: &[&str]| scope.want(|| set(namespaces));
-
-        assert_eq!(next(&mut events).await, "nothing", "nothing wanted, nothing watched");
-        assert!(sent.lock().unwrap().is_empty());
-        assert!(scope.covered(&BTreeSet::new(), Duration::ZERO).await, "nothing wanted is covered at once");
-
-        assert!(want(&["a"]));
-        assert!(!want(&["a"]), "the same set is no change");
-        assert!(scope.wants("a") && !scope.wants("b"));
-        assert_eq!(next(&mut events).await, "nothing");
-        assert_eq!(sent.lock().unwrap().len(), 1, "one watch once the set settled");
-        for event in
-            [Event::Init, Event::InitApply(pod("a", "p1")), Event::InitApply(pod("b", "p2")), Event::InitDone]
-        {
-            send_to(0, event);
         }
-        assert_eq!(next(&mut events).await, "Init");
-        assert_eq!(next(&mut events).await, "InitApply a/p1");
-        assert!(
-            !scope.covered(&set(&["a"]), Duration::ZERO).await,
-            "not covered before the list is complete"
-        );
-        assert!(cached().is_empty(), "nothing in the store before the list is complete");
-        assert_eq!(next(&mut events).await, "InitDone", "b/p2 is out of scope");
-        assert!(scope.covered(&set(&["a"]), Duration::ZERO).await);
-        assert_eq!(cached(), ["a/p1"], "covered means in the store");
-        assert!(!scope.covered(&set(&["a", "b"]), Duration::ZERO).await);
 
-        send_to(0, Event::Apply(pod("b", "x")));
-        send_to(0, Event::Delete(pod("a", "p1")));
-        assert_eq!(next(&mut events).await, "Delete a/p1");
-        assert!(cached().is_empty());
+        /// Wants `a` and completes its first list: a/p1 in scope, b/p2 not.
+        async fn list_a(&mut self) {
+            assert!(self.want(&["a"]));
+            assert_eq!(self.next().await, "nothing");
+            assert_eq!(self.watches(), 1, "one watch once the set settled");
+            self.send_to(
+                0,
+                [Event::Init, Event::InitApply(pod("a", "p1")), Event::InitApply(pod("b", "p2"))],
+            );
+            self.send_to(0, [Event::InitDone]);
+            assert_eq!(self.next().await, "Init");
+            assert_eq!(self.next().await, "InitApply a/p1");
+            assert!(!self.covered(&["a"]).await, "not covered before the list is complete");
+            assert!(self.cached().is_empty(), "nothing in the store before the list is complete");
+            assert_eq!(self.next().await, "InitDone", "b/p2 is out of scope");
+            assert!(self.covered(&["a"]).await);
+            assert_eq!(self.cached(), ["a/p1"], "covered means in the store");
+        }
+    }
 
-        // A new scope lists on a second watch while the first keeps a current.
-        assert!(want(&["a", "b"]));
-        assert_eq!(next(&mut events).await, "nothing");
-        assert_eq!(sent.lock().unwrap().len(), 2, "a new watch for the new set");
-        assert!(scope.covered(&set(&["a"]), Duration::ZERO).await, "the old list still covers a");
-        assert!(!scope.covered(&set(&["b"]), Duration::ZERO).await, "b is covered once the new list is done");
-        send_to(0, Event::Apply(pod("a", "p3")));
-        assert_eq!(next(&mut events).await, "Apply a/p3", "the old watch keeps a current meanwhile");
-        assert_eq!(cached(), ["a/p3"]);
-        send_to(1, Event::Init);
-        send_to(1, Event::InitApply(pod("a", "p3")));
-        send_to(1, Event::InitApply(pod("b", "p2")));
-        assert_eq!(next(&mut events).await, "Init");
-        assert_eq!(next(&mut events).await, "InitApply a/p3");
-        assert_eq!(next(&mut events).await, "InitApply b/p2");
-        assert_eq!(cached(), ["a/p3"], "the old list serves until the new one is complete");
-        send_to(1, Event::InitDone);
-        assert_eq!(next(&mut events).await, "InitDone");
-        assert!(scope.covered(&set(&["a", "b"]), Duration::ZERO).await);
-        assert_eq!(cached(), ["a/p3", "b/p2"]);
-        assert!(sent.lock().unwrap()[0].is_closed(), "the old watch is dropped");
+    /// No watch while no namespace is wanted; a list once a namespace is; events of other namespaces dropped;
+    /// coverage only once a list is complete.
+    #[tokio::test(start_paused = true)]
+    async fn watches_only_the_wanted_namespaces() {
+        let mut rig = Rig::new();
+        assert_eq!(rig.next().await, "nothing", "nothing wanted, nothing watched");
+        assert_eq!(rig.watches(), 0);
+        assert!(rig.covered(&[]).await, "nothing wanted is covered at once");
+        rig.list_a().await;
+        assert!(!rig.want(&["a"]), "the same set is no change");
+        assert!(rig.scope.wants("a") && !rig.scope.wants("b"));
+        assert!(!rig.covered(&["a", "b"]).await);
+        rig.send_to(0, [Event::Apply(pod("b", "x")), Event::Delete(pod("a", "p1"))]);
+        assert_eq!(rig.next().await, "Delete a/p1");
+        assert!(rig.cached().is_empty());
+    }
 
-        // Changes that keep coming hold a new list back for a second at most.
-        let lists = sent.lock().unwrap().len();
+    /// A new scope lists on a second watch while the first keeps the store current; the old list serves until
+    /// the new one is complete, then the old watch is dropped.
+    #[tokio::test(start_paused = true)]
+    async fn a_new_scope_lists_beside_the_old_one() {
+        let mut rig = Rig::new();
+        rig.list_a().await;
+        assert!(rig.want(&["a", "b"]));
+        assert_eq!(rig.next().await, "nothing");
+        assert_eq!(rig.watches(), 2, "a new watch for the new set");
+        assert!(rig.covered(&["a"]).await, "the old list still covers a");
+        assert!(!rig.covered(&["b"]).await, "b is covered once the new list is done");
+        rig.send_to(0, [Event::Apply(pod("a", "p3"))]);
+        assert_eq!(rig.next().await, "Apply a/p3", "the old watch keeps a current meanwhile");
+        assert_eq!(rig.cached(), ["a/p1", "a/p3"]);
+        rig.send_to(1, [Event::Init, Event::InitApply(pod("a", "p3")), Event::InitApply(pod("b", "p2"))]);
+        assert_eq!(rig.next().await, "Init");
+        assert_eq!(rig.next().await, "InitApply a/p3");
+        assert_eq!(rig.next().await, "InitApply b/p2");
+        assert_eq!(rig.cached(), ["a/p1", "a/p3"], "the old list serves until the new one is complete");
+        rig.send_to(1, [Event::InitDone]);
+        assert_eq!(rig.next().await, "InitDone");
+        assert!(rig.covered(&["a", "b"]).await);
+        assert_eq!(rig.cached(), ["a/p3", "b/p2"], "a/p1 was not in the new list");
+        assert!(rig.sent.lock().unwrap()[0].is_closed(), "the old watch is dropped");
+    }
+
+    /// Changes that keep coming hold a new list back for a second at most; an emptied scope empties the cache
+    /// and watches nothing.
+    #[tokio::test(start_paused = true)]
+    async fn churn_lists_within_a_second_and_an_empty_scope_empties_the_cache() {
+        let mut rig = Rig::new();
+        rig.list_a().await;
+        let lists = rig.watches();
         let mut waited = Duration::ZERO;
         for i in 0..20 {
-            want(if i % 2 == 0 { &["a"] } else { &["a", "c"] });
-            let _ = tokio::time::timeout(Duration::from_millis(100), events.next()).await;
+            rig.want(if i % 2 == 0 { &["a", "b"] } else { &["a", "c"] });
+            let _ = tokio::time::timeout(Duration::from_millis(100), rig.events.next()).await;
             waited += Duration::from_millis(100);
-            if sent.lock().unwrap().len() > lists {
+            if rig.watches() > lists {
                 break;
             }
         }
-        assert!(sent.lock().unwrap().len() > lists, "a new list despite the changes");
+        assert!(rig.watches() > lists, "a new list despite the changes");
         assert!(waited <= Duration::from_millis(1100), "within a second or so: {waited:?}");
-        want(&["a", "b"]);
-        assert_eq!(next(&mut events).await, "nothing");
-        let last = sent.lock().unwrap().len() - 1;
-        send_to(last, Event::Init);
-        send_to(last, Event::InitApply(pod("b", "p2")));
-        send_to(last, Event::InitDone);
+        rig.want(&["a", "b"]);
+        assert_eq!(rig.next().await, "nothing");
+        let last = rig.watches() - 1;
+        rig.send_to(last, [Event::Init, Event::InitApply(pod("b", "p2")), Event::InitDone]);
         let mut listed = Vec::new();
         while listed.last().map(String::as_str) != Some("InitDone") {
-            listed.push(next(&mut events).await);
+            listed.push(rig.next().await);
         }
         assert_eq!(listed, ["Init", "InitApply b/p2", "InitDone"]);
-        assert_eq!(cached(), ["b/p2"], "a/p3 was not in the new list");
+        assert_eq!(rig.cached(), ["b/p2"], "a/p1 was not in the new list");
 
-        assert!(want(&[]));
-        assert_eq!(next(&mut events).await, "Init", "an empty scope empties the cache");
-        assert_eq!(next(&mut events).await, "InitDone");
-        assert!(cached().is_empty(), "emptied");
-        assert_eq!(next(&mut events).await, "nothing");
-        assert!(sent.lock().unwrap().iter().all(|tx| tx.is_closed()), "and watches nothing");
+        assert!(rig.want(&[]));
+        assert_eq!(rig.next().await, "Init", "an empty scope empties the cache");
+        assert_eq!(rig.next().await, "InitDone");
+        assert!(rig.cached().is_empty(), "emptied");
+        assert_eq!(rig.next().await, "nothing");
+        assert!(rig.sent.lock().unwrap().iter().all(|tx| tx.is_closed()), "and watches nothing");
     }
 }
