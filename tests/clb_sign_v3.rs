@@ -135,15 +135,8 @@ fn the_documented_last_step_reproduces() {
 fn signing_follows_the_bytes_sent() {
     let a = br#"{"LoadBalancerId":"lb-1","ListenerId":"lbl-1"}"#;
     let b = br#"{"ListenerId":"lbl-1","LoadBalancerId":"lb-1"}"#;
-    let input = |payload: &'static [u8]| Tc3Input {
-        method: "POST",
-        host: "clb.tencentcloudapi.com",
-        path: "/",
-        query: "",
-        content_type: "application/json",
-        payload,
-        service: "clb",
-        timestamp: 1_700_000_000,
+    let input = |payload: &'static [u8]| {
+        Tc3Input::json_post("clb.tencentcloudapi.com", "clb", payload, 1_700_000_000)
     };
     let (sa, sb) = (tc3::sign("k", &input(a)), tc3::sign("k", &input(b)));
     assert_ne!(sa.signature, sb.signature);

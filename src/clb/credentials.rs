@@ -42,7 +42,7 @@ impl fmt::Display for SecretString {
     }
 }
 
-/// Lets clap parse a secret straight from a flag or an environment variable.
+/// Parses a secret from text (a flag or an environment variable of the command line).
 impl FromStr for SecretString {
     type Err = std::convert::Infallible;
 

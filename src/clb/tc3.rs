@@ -33,6 +33,22 @@ pub struct Tc3Input<'a> {
     pub timestamp: i64,
 }
 
+impl<'a> Tc3Input<'a> {
+    /// A POST of a JSON `payload` to `/` of `host` for `service`, as the client sends every call.
+    pub fn json_post(host: &'a str, service: &'a str, payload: &'a [u8], timestamp: i64) -> Self {
+        Self {
+            method: "POST",
+            host,
+            path: "/",
+            query: "",
+            content_type: "application/json",
+            payload,
+            service,
+            timestamp,
+        }
+    }
+}
+
 /// Every intermediate of a signature, for logs of mismatches and for tests against published vectors.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tc3Signature {
@@ -171,16 +187,7 @@ mod tests {
     use super::*;
 
     fn input(payload: &'static [u8], timestamp: i64) -> Tc3Input<'static> {
-        Tc3Input {
-            method: "POST",
-            host: "clb.tencentcloudapi.com",
-            path: "/",
-            query: "",
-            content_type: "application/json",
-            payload,
-            service: "clb",
-            timestamp,
-        }
+        Tc3Input::json_post("clb.tencentcloudapi.com", "clb", payload, timestamp)
     }
 
     /// The date is UTC: one second either side of midnight gives two scopes.

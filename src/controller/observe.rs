@@ -78,45 +78,29 @@ impl Observed {
 
 /// Observes a live binding: status, membership, credentials.
 pub async fn binding(ctx: &Context, binding: Arc<ClbBackendBinding>) -> Result<Observed> {
-    let key = ObjectRef::from_obj(&*binding);
     let namespace = binding.namespace().unwrap_or_default();
-    let (status, stored) = ctx.memory.statuses(&binding);
-    let now = Timestamp::now();
-    let spec = &binding.spec;
-    let pods = match spec.targets.pod_selector.is_some() {
+    let pods = match binding.spec.targets.pod_selector.is_some() {
         true => pods(ctx, &namespace).await?,
         false => no_pods(ctx, &namespace),
     };
+    let mut seen = deleting(ctx, binding).await?;
     let nodes = ctx.caches.nodes.state();
-    let membership = membership::compute(
+    let (spec, now) = (&seen.binding.spec, seen.now);
+    seen.membership = membership::compute(
         spec,
         &namespace,
         nodes.iter().map(|n| &n.0),
         pods.iter().map(|p| p.as_ref()),
         now,
     );
-    let mut looked_at = membership.as_ref().map(|m| m.nodes.clone()).unwrap_or_default();
-    let owned_nodes: BTreeSet<String> = status.backends.iter().filter_map(|b| b.node.clone()).collect();
-    let existing = owned_nodes.iter().filter(|n| exists(&ctx.caches.nodes, n)).cloned().collect();
-    looked_at.extend(owned_nodes);
-    let (credentials, secret_version) = credentials(ctx, &key, &binding).await?;
-    let clb = credentials.map(|c| ctx.clb.with_credentials(c).with_region(&spec.region));
-    Ok(Observed {
-        binding,
-        key,
-        namespace,
-        status,
-        stored,
-        now,
-        membership,
-        looked_at,
-        existing,
-        clb,
-        secret_version,
-    })
+    let owned_nodes: BTreeSet<String> = seen.status.backends.iter().filter_map(|b| b.node.clone()).collect();
+    seen.existing = owned_nodes.iter().filter(|n| exists(&ctx.caches.nodes, n)).cloned().collect();
+    seen.looked_at = seen.membership.as_ref().map(|m| m.nodes.clone()).unwrap_or_default();
+    seen.looked_at.extend(owned_nodes);
+    Ok(seen)
 }
 
-/// The status of a deleting binding, and its CLB client.
+/// Observes a deleting binding: its status and its CLB client (its membership is empty: nothing should serve).
 pub async fn deleting(ctx: &Context, binding: Arc<ClbBackendBinding>) -> Result<Observed> {
     let key = ObjectRef::from_obj(&*binding);
     let namespace = binding.namespace().unwrap_or_default();
