@@ -7,6 +7,7 @@ mod error;
 pub mod sign;
 pub mod task;
 pub mod tc3;
+pub mod v3;
 pub mod wire;
 
 use std::fmt;
