@@ -98,7 +98,8 @@ impl Soak {
         self.add(name, instance).await;
     }
 
-    /// One membership change, chosen by round: delete, taint, untaint, add, a deleted node's CVM coming back.
+    /// One membership change, chosen by round: delete, taint, untaint, taint two, a deleted node's CVM coming
+    /// back; a new node where the choice cannot be made.
     async fn change(&mut self, round: usize) {
         let untainted: Vec<String> =
             self.alive.keys().filter(|n| !self.tainted.contains(*n)).cloned().collect();
@@ -125,6 +126,16 @@ impl Soak {
                 let clear = json!({"spec": {"taints": null}});
                 let (params, patch) = (PatchParams::default(), Patch::Merge(&clear));
                 retry(|| self.nodes.patch(&name, &params, &patch)).await;
+            }
+            3 if untainted.len() > 3 => {
+                // Two nodes at once: one Deregister task for both.
+                for name in untainted.iter().rev().take(2) {
+                    self.intent.set(&self.alive[name], false);
+                    let taint = json!({"spec": {"taints": [{"key": DRAIN_TAINT, "effect": "NoSchedule"}]}});
+                    let (params, patch) = (PatchParams::default(), Patch::Merge(&taint));
+                    retry(|| self.nodes.patch(name, &params, &patch)).await;
+                    self.tainted.insert(name.clone());
+                }
             }
             4 if !self.deleted.is_empty() => {
                 let (name, instance) = self.deleted.remove(0);
@@ -222,7 +233,7 @@ async fn soak_kill_rounds_with_faults_converge_without_losing_or_repeating_tasks
         deleted: Vec::new(),
         next: 0,
     };
-    for _ in 0..5 {
+    for _ in 0..6 {
         soak.new_node().await;
     }
     let running = watch_running(&soak.t);
