@@ -10,6 +10,7 @@
 
 mod server;
 mod state;
+mod v3;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,7 @@ use url::Url;
 use crate::clb::{Credentials, ENV_SECRET_ID, ENV_SECRET_KEY};
 use server::{Emulator, lock, now_ms};
 pub use state::{BackendView, CallRecord, LoadBalancerView, StateView, TaskRecord};
+pub use v3::{SeedListener, SeedRule};
 
 /// The path the emulator advertises in its endpoint URL (the real API's path; any path is served).
 pub const API_PATH: &str = "/v2/index.php";
@@ -148,6 +150,8 @@ pub struct EmulatorConfig {
     pub qps: u32,
     /// Load balancers to start with.
     pub load_balancers: Vec<SeedLoadBalancer>,
+    /// Listeners of application load balancers (API 3.0) to start with; their load balancers are created.
+    pub listeners: Vec<SeedListener>,
     /// Where load balancers and tasks are kept across restarts.
     pub state_file: Option<PathBuf>,
     /// Largest accepted difference between a request's Timestamp and the emulator's clock (300 s, the
@@ -166,6 +170,7 @@ impl Default for EmulatorConfig {
             max_batch: 20,
             qps: 0,
             load_balancers: Vec::new(),
+            listeners: Vec::new(),
             state_file: None,
             timestamp_window: Duration::from_secs(300),
         }
@@ -237,7 +242,7 @@ impl EmulatorHandle {
 
     /// A snapshot of the state, including the call log.
     pub fn state(&self) -> StateView {
-        lock(&self.emulator.store).view(true)
+        self.emulator.view(true)
     }
 
     /// Creates an empty load balancer `id` while the emulator runs; false if it exists already.

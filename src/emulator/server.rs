@@ -18,7 +18,8 @@ use tokio::sync::Notify;
 use tracing::debug;
 
 use crate::clb::{Action, Credentials, TaskState, sign};
-use crate::emulator::state::{CallRecord, Store};
+use crate::emulator::state::{CallRecord, StateView, Store};
+use crate::emulator::v3::{self, V3Store};
 use crate::emulator::{EmulatorConfig, Faults, FaultsPatch};
 
 /// DescribeLoadBalancers `limit` when none is given (the documented default) and the largest one served.
@@ -36,6 +37,8 @@ pub(crate) struct Emulator {
     limiters: Option<[DefaultDirectRateLimiter; Action::ALL.len()]>,
     faults: Mutex<Faults>,
     pub(crate) store: Mutex<Store>,
+    /// The API 3.0 state: application load balancers, listeners, targets, tasks.
+    v3: Mutex<V3Store>,
     nonces: Mutex<NonceCache>,
     /// Wakes the task scheduler when a task is submitted.
     pub(crate) task_added: Notify,
@@ -159,6 +162,7 @@ impl Emulator {
             limiters,
             faults: Mutex::new(config.faults),
             store: Mutex::new(store),
+            v3: Mutex::new(V3Store::new(&config.listeners)),
             nonces: Mutex::new(NonceCache::default()),
             task_added: Notify::new(),
             changed: Notify::new(),
@@ -187,6 +191,68 @@ impl Emulator {
         next
     }
 
+    /// Everything it knows, v2 and v3, with the v3 tasks that are due applied first.
+    pub(crate) fn view(&self, with_calls: bool) -> StateView {
+        let mut view = lock(&self.store).view(with_calls);
+        let mut v3 = lock(&self.v3);
+        let fail_rate = self.faults().task_fail_rate;
+        v3.finish_due(now_ms(), || rand::random::<f64>() < fail_rate);
+        view.targets = v3.view();
+        view
+    }
+
+    /// Answers one API 3.0 request (the `X-TC-Action` header names the action) and logs it.
+    fn serve_v3(&self, action: &str, headers: &HeaderMap, host: &str, body: &[u8], at_ms: u64) -> Value {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let request_id = v3::request_id();
+        let signed = v3::Signed {
+            authorization: header("authorization"),
+            timestamp: header("x-tc-timestamp"),
+            token: header("x-tc-token"),
+            host,
+            content_type: header("content-type").unwrap_or_default(),
+            body,
+        };
+        let now = i64::try_from(at_ms / 1000).unwrap_or(i64::MAX);
+        let faults = self.faults();
+        let result =
+            v3::authenticate(&self.credentials, &signed, now, self.timestamp_window_secs).and_then(|()| {
+                if faults.error_rate > 0.0 && rand::random::<f64>() < faults.error_rate {
+                    return Err(v3::V3Error {
+                        code: "InternalError",
+                        message: "internal error (injected)".into(),
+                    });
+                }
+                let mut store = lock(&self.v3);
+                store.finish_due(at_ms, || rand::random::<f64>() < faults.task_fail_rate);
+                let due = at_ms + u64::try_from(faults.task_duration.as_millis()).unwrap_or(u64::MAX);
+                store.execute(action, body, &request_id, due, self.max_batch)
+            });
+        let instance_ids = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| v.get("Targets").and_then(Value::as_array).cloned())
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.get("InstanceId").and_then(Value::as_str).map(str::to_owned))
+            .collect();
+        let error = result.as_ref().err().map(|e| e.code.to_owned());
+        let call = CallRecord {
+            action: action.to_owned(),
+            http_method: "POST".into(),
+            load_balancer_id: serde_json::from_slice::<Value>(body)
+                .ok()
+                .and_then(|v| v.get("LoadBalancerId").and_then(Value::as_str).map(str::to_owned)),
+            instance_ids,
+            request_id: None,
+            code: i64::from(error.is_some()),
+            error,
+            at_ms,
+        };
+        debug!(action, code = ?call.error, "CLB emulator answered (v3)");
+        lock(&self.store).record(call);
+        v3::envelope(&request_id, result)
+    }
+
     /// Answers one API request and logs it in the call log.
     fn serve(
         &self,
@@ -201,6 +267,7 @@ impl Emulator {
             instance_ids: Vec::new(),
             request_id: None,
             code: 0,
+            error: None,
             at_ms,
         };
         let outcome = match request {
@@ -448,6 +515,10 @@ async fn api(
         .and_then(|h| h.to_str().ok())
         .or_else(|| uri.authority().map(|a| a.as_str()))
         .unwrap_or_default();
+    // API 3.0 names its action in a header; API 2.0 in a parameter.
+    if let Some(action) = headers.get("x-tc-action").and_then(|v| v.to_str().ok()) {
+        return Json(emulator.serve_v3(action, &headers, host, &body, at_ms));
+    }
     let request = decode_request(&method, host, uri.path(), uri.query(), &body);
     Json(emulator.serve(request, method.as_str(), at_ms))
 }
@@ -477,7 +548,7 @@ fn decode_request<'a>(
 }
 
 async fn get_state(State(emulator): State<Arc<Emulator>>) -> Json<crate::emulator::StateView> {
-    Json(lock(&emulator.store).view(true))
+    Json(emulator.view(true))
 }
 
 async fn get_config(State(emulator): State<Arc<Emulator>>) -> Json<Faults> {

@@ -28,6 +28,26 @@ pub struct StateView {
     /// How many old calls were dropped from the log to bound its memory.
     #[serde(default)]
     pub calls_dropped: u64,
+    /// API 3.0: the targets bound on each application load balancer (not kept in the state file).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub targets: BTreeMap<String, Vec<TargetView>>,
+}
+
+/// A target bound on an application load balancer (API 3.0).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetView {
+    /// The listener.
+    pub listener_id: String,
+    /// The layer-7 rule, if the listener has rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location_id: Option<String>,
+    /// The CVM instance.
+    pub instance_id: String,
+    /// The backend port.
+    pub port: u16,
+    /// Its weight.
+    pub weight: u32,
 }
 
 impl StateView {
@@ -107,8 +127,11 @@ pub struct CallRecord {
     /// The task started (Register/Deregister) or queried (DescribeLoadBalancersTaskResult).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<u64>,
-    /// The `code` answered (0 = success).
+    /// The `code` answered (0 = success; 1 for an API 3.0 error, whose code is in `error`).
     pub code: i64,
+    /// The API 3.0 `Error.Code`, if one was answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// Unix milliseconds of arrival.
     pub at_ms: u64,
 }
@@ -183,6 +206,7 @@ impl Store {
             tasks: self.tasks.values().cloned().collect(),
             calls: if with_calls { self.calls.iter().cloned().collect() } else { Vec::new() },
             calls_dropped: if with_calls { self.calls_dropped } else { 0 },
+            targets: BTreeMap::new(),
         }
     }
 

@@ -1,0 +1,469 @@
+//! The emulator's API 3.0 face: POST JSON at `/` (the `X-TC-Action` header tells it from v2), checked with the
+//! very TC3 signer the client uses, over application load balancers with listeners, layer-7 rules and targets,
+//! and asynchronous writes polled by their RequestId. A task's change shows when it is due; due tasks are
+//! applied before every v3 request and every state view, which is all anyone can see of them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::state::TargetView;
+use crate::clb::{
+    Credentials,
+    tc3::{self, Tc3Input},
+    v3::{self, TargetsRequest},
+};
+
+/// A layer-7 rule of a listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SeedRule {
+    /// Its id, `loc-...`.
+    pub location_id: String,
+    /// Its domain.
+    pub domain: String,
+    /// Its URL path.
+    pub url: String,
+}
+
+/// A listener of an application load balancer, to start with: `lb-x/lbl-y=TCP:80` on the command line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SeedListener {
+    /// The application load balancer, created if new.
+    pub load_balancer_id: String,
+    /// The listener's id, `lbl-...`.
+    pub listener_id: String,
+    /// `TCP`, `UDP`, `HTTP`, `HTTPS`.
+    pub protocol: String,
+    /// The listener's port.
+    pub port: u16,
+    /// Layer-7 rules (HTTP/HTTPS only).
+    #[serde(default)]
+    pub rules: Vec<SeedRule>,
+}
+
+/// A target where it is bound: listener, rule (layer 7), instance and port.
+type TargetKey = (String, Option<String>, String, u16);
+
+/// The v3 state: application load balancers, their listeners and targets, and the tasks.
+#[derive(Debug, Default)]
+pub(crate) struct V3Store {
+    listeners: BTreeMap<String, Vec<SeedListener>>,
+    /// Bound targets (and their weights) per load balancer.
+    targets: BTreeMap<String, BTreeMap<TargetKey, u32>>,
+    tasks: BTreeMap<String, V3Task>,
+}
+
+#[derive(Debug, Clone)]
+struct V3Task {
+    /// 0 succeeded, 1 failed, 2 running.
+    status: i64,
+    due_ms: u64,
+    load_balancer: String,
+    register: bool,
+    targets: Vec<(TargetKey, u32)>,
+}
+
+/// Why a v3 request was refused: its `Error.Code` and `Message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct V3Error {
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
+}
+
+fn error(code: &'static str, message: impl Into<String>) -> V3Error {
+    V3Error { code, message: message.into() }
+}
+
+/// A RequestId in the form the real API returns (a UUID).
+pub(crate) fn request_id() -> String {
+    let b: [u8; 16] = rand::random();
+    let h = |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();
+    format!("{}-{}-{}-{}-{}", h(0..4), h(4..6), h(6..8), h(8..10), h(10..16))
+}
+
+/// The answer envelope.
+pub(crate) fn envelope(request_id: &str, result: Result<Value, V3Error>) -> Value {
+    let mut response = match result {
+        Ok(Value::Object(map)) => map,
+        Ok(_) => serde_json::Map::new(),
+        Err(e) => {
+            let mut map = serde_json::Map::new();
+            map.insert("Error".into(), json!({"Code": e.code, "Message": e.message}));
+            map
+        }
+    };
+    response.insert("RequestId".into(), request_id.into());
+    json!({ "Response": response })
+}
+
+/// What the TC3 check needs of a request.
+pub(crate) struct Signed<'a> {
+    pub(crate) authorization: Option<&'a str>,
+    pub(crate) timestamp: Option<&'a str>,
+    pub(crate) token: Option<&'a str>,
+    pub(crate) host: &'a str,
+    pub(crate) content_type: &'a str,
+    pub(crate) body: &'a [u8],
+}
+
+/// Checks the signature as the real service does: a malformed header, an unknown SecretId, a timestamp more than
+/// `window_secs` away, a missing or wrong token, or a signature that does not match the bytes received.
+pub(crate) fn authenticate(
+    credentials: &Credentials,
+    request: &Signed<'_>,
+    now_secs: i64,
+    window_secs: i64,
+) -> Result<(), V3Error> {
+    let authorization = request
+        .authorization
+        .ok_or_else(|| error("AuthFailure.InvalidAuthorization", "no Authorization header"))?;
+    let timestamp: i64 = request
+        .timestamp
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| error("MissingParameter", "X-TC-Timestamp is missing or not an integer"))?;
+    let input = Tc3Input {
+        method: "POST",
+        host: request.host,
+        path: "/",
+        query: "",
+        content_type: request.content_type,
+        payload: request.body,
+        service: v3::SERVICE,
+        timestamp,
+    };
+    let id = credentials.secret_id();
+    match tc3::verify(authorization, id, credentials.secret_key(), &input) {
+        Err("unknown SecretId") => {
+            return Err(error("AuthFailure.SecretIdNotFound", "the SecretId does not exist"));
+        }
+        Err("signature mismatch")
+        | Err("credential scope does not match the timestamp's date and the service") => {
+            // A stale timestamp is reported as such before a mismatch, as the service does.
+            if timestamp.abs_diff(now_secs) > window_secs.unsigned_abs() {
+                return Err(error("AuthFailure.SignatureExpire", "the signature expired (X-TC-Timestamp)"));
+            }
+            return Err(error("AuthFailure.SignatureFailure", "the signature does not match"));
+        }
+        Err(reason) => return Err(error("AuthFailure.InvalidAuthorization", reason)),
+        Ok(()) => {}
+    }
+    if timestamp.abs_diff(now_secs) > window_secs.unsigned_abs() {
+        return Err(error("AuthFailure.SignatureExpire", "the signature expired (X-TC-Timestamp)"));
+    }
+    if credentials.token() != request.token.filter(|t| !t.is_empty()) {
+        return Err(error("AuthFailure.TokenFailure", "the token is missing or wrong"));
+    }
+    Ok(())
+}
+
+impl V3Store {
+    /// A store with `listeners` (their load balancers created).
+    pub(crate) fn new(listeners: &[SeedListener]) -> Self {
+        let mut store = Self::default();
+        for l in listeners {
+            store.listeners.entry(l.load_balancer_id.clone()).or_default().push(l.clone());
+            store.targets.entry(l.load_balancer_id.clone()).or_default();
+        }
+        store
+    }
+
+    /// Applies the tasks that are due at `now_ms`: a failed one (decided by `fail`) changes nothing.
+    pub(crate) fn finish_due(&mut self, now_ms: u64, mut fail: impl FnMut() -> bool) {
+        for task in self.tasks.values_mut().filter(|t| t.status == 2 && t.due_ms <= now_ms) {
+            if fail() {
+                task.status = 1;
+                continue;
+            }
+            task.status = 0;
+            let bound = self.targets.entry(task.load_balancer.clone()).or_default();
+            for (key, weight) in &task.targets {
+                if task.register {
+                    bound.insert(key.clone(), *weight);
+                } else {
+                    bound.remove(key);
+                }
+            }
+        }
+    }
+
+    /// The bound targets of every application load balancer.
+    pub(crate) fn view(&self) -> BTreeMap<String, Vec<TargetView>> {
+        let view = |((listener_id, location_id, instance_id, port), weight): (&TargetKey, &u32)| TargetView {
+            listener_id: listener_id.clone(),
+            location_id: location_id.clone(),
+            instance_id: instance_id.clone(),
+            port: *port,
+            weight: *weight,
+        };
+        self.targets.iter().map(|(lb, targets)| (lb.clone(), targets.iter().map(view).collect())).collect()
+    }
+
+    fn listener(&self, lb: &str, listener: &str) -> Result<&SeedListener, V3Error> {
+        let listeners = self
+            .listeners
+            .get(lb)
+            .ok_or_else(|| error("InvalidParameter.LBIdNotFound", format!("{lb} does not exist")))?;
+        listeners.iter().find(|l| l.listener_id == listener).ok_or_else(|| {
+            error("InvalidParameter.ListenerIdNotFound", format!("listener {listener} is not on {lb}"))
+        })
+    }
+
+    /// Executes `action` with its JSON `body`; a write becomes a task of `request_id` due at `due_ms`.
+    pub(crate) fn execute(
+        &mut self,
+        action: &str,
+        body: &[u8],
+        request_id: &str,
+        due_ms: u64,
+        max_targets: usize,
+    ) -> Result<Value, V3Error> {
+        let parse = |e: serde_json::Error| error("InvalidParameter.FormatError", e.to_string());
+        match action {
+            "DescribeLoadBalancers" => Ok(self.describe_load_balancers()),
+            "DescribeTargets" => {
+                #[derive(Deserialize)]
+                #[serde(rename_all = "PascalCase")]
+                struct Req {
+                    load_balancer_id: String,
+                    #[serde(default)]
+                    listener_ids: Vec<String>,
+                }
+                let req: Req = serde_json::from_slice(body).map_err(parse)?;
+                self.describe_targets(&req.load_balancer_id, &req.listener_ids)
+            }
+            "RegisterTargets" | "DeregisterTargets" => {
+                let req: TargetsRequest = serde_json::from_slice(body).map_err(parse)?;
+                self.submit(action == "RegisterTargets", &req, request_id, due_ms, max_targets)
+            }
+            "DescribeTaskStatus" => {
+                #[derive(Deserialize)]
+                #[serde(rename_all = "PascalCase")]
+                struct Req {
+                    task_id: String,
+                }
+                let req: Req = serde_json::from_slice(body).map_err(parse)?;
+                let task = self
+                    .tasks
+                    .get(&req.task_id)
+                    .ok_or_else(|| error("InvalidParameter", format!("task {} not found", req.task_id)))?;
+                Ok(json!({"Status": task.status, "Message": null, "LoadBalancerIds": [task.load_balancer]}))
+            }
+            other => Err(error("InvalidAction", format!("action {other} is not supported"))),
+        }
+    }
+
+    fn describe_load_balancers(&self) -> Value {
+        let set: Vec<Value> =
+            self.listeners.keys().map(|id| json!({"LoadBalancerId": id, "Forward": 1})).collect();
+        json!({"TotalCount": set.len(), "LoadBalancerSet": set})
+    }
+
+    fn describe_targets(&self, lb: &str, only: &[String]) -> Result<Value, V3Error> {
+        let listeners = self
+            .listeners
+            .get(lb)
+            .ok_or_else(|| error("InvalidParameter.LBIdNotFound", format!("{lb} does not exist")))?;
+        let bound = self.targets.get(lb);
+        let targets_of = |listener: &str, rule: Option<&str>| -> Vec<Value> {
+            bound
+                .into_iter()
+                .flatten()
+                .filter(|((l, r, _, _), _)| l == listener && r.as_deref() == rule)
+                .map(|((_, _, i, p), w)| json!({"Type": "CVM", "InstanceId": i, "Port": p, "Weight": w}))
+                .collect()
+        };
+        let out: Vec<Value> = listeners
+            .iter()
+            .filter(|l| only.is_empty() || only.contains(&l.listener_id))
+            .map(|l| {
+                let layer7 = l.protocol == "HTTP" || l.protocol == "HTTPS";
+                let rules: Vec<Value> = l
+                    .rules
+                    .iter()
+                    .map(|r| {
+                        json!({"LocationId": r.location_id, "Domain": r.domain, "Url": r.url,
+                        "Targets": targets_of(&l.listener_id, Some(&r.location_id))})
+                    })
+                    .collect();
+                json!({"ListenerId": l.listener_id, "Protocol": l.protocol, "Port": l.port,
+                    "Targets": if layer7 { Value::Null } else { targets_of(&l.listener_id, None).into() },
+                    "Rules": if layer7 { rules.into() } else { Value::Null }})
+            })
+            .collect();
+        Ok(json!({ "Listeners": out }))
+    }
+
+    fn submit(
+        &mut self,
+        register: bool,
+        req: &TargetsRequest,
+        request_id: &str,
+        due_ms: u64,
+        max_targets: usize,
+    ) -> Result<Value, V3Error> {
+        let listener = self.listener(&req.load_balancer_id, &req.listener_id)?.clone();
+        if req.targets.is_empty() || req.targets.len() > max_targets {
+            return Err(error(
+                "InvalidParameterValue.Length",
+                format!("1 to {max_targets} targets per call"),
+            ));
+        }
+        let rule = match (&req.location_id, &req.domain, &req.url) {
+            (Some(loc), _, _) => Some(listener.rules.iter().find(|r| &r.location_id == loc)),
+            (None, Some(d), Some(u)) => Some(listener.rules.iter().find(|r| &r.domain == d && &r.url == u)),
+            _ => None,
+        };
+        let location = match rule {
+            Some(Some(r)) => Some(r.location_id.clone()),
+            Some(None) => {
+                return Err(error("InvalidParameter.LocationNotFound", "no such rule on the listener"));
+            }
+            None if listener.protocol == "HTTP" || listener.protocol == "HTTPS" => {
+                return Err(error(
+                    "MissingParameter",
+                    "a layer-7 listener needs LocationId or Domain and Url",
+                ));
+            }
+            None => None,
+        };
+        let bound = self.targets.entry(req.load_balancer_id.clone()).or_default();
+        let mut targets = Vec::new();
+        for t in &req.targets {
+            let instance =
+                t.instance_id.clone().ok_or_else(|| error("MissingParameter", "Targets.InstanceId"))?;
+            let key = (req.listener_id.clone(), location.clone(), instance, t.port);
+            // Removing a target that is not bound is refused with a plain InvalidParameter, as on the real API.
+            if !register && !bound.contains_key(&key) {
+                return Err(error("InvalidParameter", format!("{} port {} is not bound", key.2, key.3)));
+            }
+            targets.push((key, t.weight.unwrap_or(10).min(100)));
+        }
+        let task =
+            V3Task { status: 2, due_ms, load_balancer: req.load_balancer_id.clone(), register, targets };
+        self.tasks.insert(request_id.to_owned(), task);
+        Ok(json!({}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> V3Store {
+        V3Store::new(&[
+            SeedListener {
+                load_balancer_id: "lb-1".into(),
+                listener_id: "lbl-tcp".into(),
+                protocol: "TCP".into(),
+                port: 80,
+                rules: vec![],
+            },
+            SeedListener {
+                load_balancer_id: "lb-1".into(),
+                listener_id: "lbl-http".into(),
+                protocol: "HTTP".into(),
+                port: 8080,
+                rules: vec![SeedRule {
+                    location_id: "loc-1".into(),
+                    domain: "a.com".into(),
+                    url: "/".into(),
+                }],
+            },
+        ])
+    }
+
+    fn targets(store: &mut V3Store) -> Value {
+        store.execute("DescribeTargets", br#"{"LoadBalancerId":"lb-1"}"#, "r", 0, 20).unwrap()
+    }
+
+    /// A Register task binds its targets only once it succeeds; Deregister of an unbound target is refused with a
+    /// plain InvalidParameter; an unknown listener or rule has its own code.
+    #[test]
+    fn writes_are_tasks_and_errors_have_their_codes() {
+        let mut s = store();
+        let body = br#"{"LoadBalancerId":"lb-1","ListenerId":"lbl-http","LocationId":"loc-1","Targets":[{"Port":30080,"InstanceId":"ins-a"}]}"#;
+        s.execute("RegisterTargets", body, "t1", 100, 20).unwrap();
+        let task = |s: &mut V3Store, id: &str| {
+            s.execute("DescribeTaskStatus", format!(r#"{{"TaskId":"{id}"}}"#).as_bytes(), "q", 0, 20).unwrap()
+        };
+        assert_eq!(task(&mut s, "t1")["Status"], 2);
+        assert!(targets(&mut s)["Listeners"][1]["Rules"][0]["Targets"].as_array().unwrap().is_empty());
+        s.finish_due(100, || false);
+        assert_eq!(task(&mut s, "t1")["Status"], 0);
+        assert_eq!(targets(&mut s)["Listeners"][1]["Rules"][0]["Targets"][0]["InstanceId"], "ins-a");
+
+        let unbound = br#"{"LoadBalancerId":"lb-1","ListenerId":"lbl-tcp","Targets":[{"Port":1,"InstanceId":"ins-a"}]}"#;
+        assert_eq!(
+            s.execute("DeregisterTargets", unbound, "t2", 0, 20).unwrap_err().code,
+            "InvalidParameter"
+        );
+        let lost =
+            br#"{"LoadBalancerId":"lb-1","ListenerId":"lbl-x","Targets":[{"Port":1,"InstanceId":"ins-a"}]}"#;
+        assert_eq!(
+            s.execute("RegisterTargets", lost, "t3", 0, 20).unwrap_err().code,
+            "InvalidParameter.ListenerIdNotFound"
+        );
+        let no_rule = br#"{"LoadBalancerId":"lb-1","ListenerId":"lbl-http","LocationId":"loc-9","Targets":[{"Port":1,"InstanceId":"ins-a"}]}"#;
+        assert_eq!(
+            s.execute("RegisterTargets", no_rule, "t4", 0, 20).unwrap_err().code,
+            "InvalidParameter.LocationNotFound"
+        );
+        let no_lb = br#"{"LoadBalancerId":"lb-9","ListenerId":"lbl-tcp","Targets":[{"Port":1,"InstanceId":"ins-a"}]}"#;
+        assert_eq!(
+            s.execute("RegisterTargets", no_lb, "t5", 0, 20).unwrap_err().code,
+            "InvalidParameter.LBIdNotFound"
+        );
+    }
+
+    /// The signature check answers with the documented codes.
+    #[test]
+    fn authentication_codes() {
+        let creds = Credentials::new("AKID1", "key", None);
+        let body = br#"{"LoadBalancerId":"lb-1"}"#;
+        let sign = |key: &str, ts: i64| {
+            tc3::sign(key, &Tc3Input::json_post("127.0.0.1:9", "clb", body, ts)).authorization("AKID1")
+        };
+        let ok = sign("key", 1_700_000_000);
+        let request = |auth: &str, ts: &'static str, body: &'static [u8]| Signed {
+            authorization: Some(Box::leak(auth.to_owned().into_boxed_str())),
+            timestamp: Some(ts),
+            token: None,
+            host: "127.0.0.1:9",
+            content_type: "application/json",
+            body,
+        };
+        let now = 1_700_000_010;
+        assert_eq!(authenticate(&creds, &request(&ok, "1700000000", body), now, 300), Ok(()));
+        let code = |r: Result<(), V3Error>| r.unwrap_err().code;
+        assert_eq!(
+            code(authenticate(&creds, &request(&sign("bad", 1_700_000_000), "1700000000", body), now, 300)),
+            "AuthFailure.SignatureFailure"
+        );
+        assert_eq!(
+            code(authenticate(
+                &creds,
+                &request(&ok, "1700000000", br#"{"LoadBalancerId":"lb-2"}"#),
+                now,
+                300
+            )),
+            "AuthFailure.SignatureFailure"
+        );
+        assert_eq!(
+            code(authenticate(&creds, &request(&ok, "1700000000", body), now + 400, 300)),
+            "AuthFailure.SignatureExpire"
+        );
+        let other = Credentials::new("AKID2", "key", None);
+        assert_eq!(
+            code(authenticate(&other, &request(&ok, "1700000000", body), now, 300)),
+            "AuthFailure.SecretIdNotFound"
+        );
+        let with_token = Credentials::new("AKID1", "key", Some("tok".into()));
+        assert_eq!(
+            code(authenticate(&with_token, &request(&ok, "1700000000", body), now, 300)),
+            "AuthFailure.TokenFailure"
+        );
+    }
+}
