@@ -8,6 +8,7 @@ pub mod sign;
 pub mod task;
 pub mod tc3;
 pub mod v3;
+pub mod v3_client;
 pub mod wire;
 
 use std::fmt;
