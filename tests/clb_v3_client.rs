@@ -1,5 +1,6 @@
 //! The API 3.0 client against the emulator's v3 face: a register and a deregister as tasks polled to success,
-//! transient errors retried, a wrong key not retried, and every request the client signs accepted.
+//! transient errors retried, a wrong key not retried, and classic load balancers through the ClassicalLB actions
+//! on the same state as API 2.0.
 
 mod common;
 
@@ -9,14 +10,14 @@ use clb_operator::{
     clb::{
         Credentials,
         v3::{
-            Action, DescribeTargetsResponse, Empty, ErrorClass, Target, TargetsRequest, TaskStatus,
-            TaskStatusResponse,
+            Action, ClassicalTargetsResponse, DescribeLoadBalancersResponse, DescribeTargetsResponse, Empty,
+            ErrorClass, Target, TargetsRequest, TaskStatus, TaskStatusResponse,
         },
         v3_client::V3Client,
     },
     emulator::{EmulatorHandle, Faults, SeedListener},
 };
-use common::fixtures::{emulator_config, spawn_emulator};
+use common::fixtures::{emulator_config, seed, spawn_emulator};
 use serde_json::json;
 
 const KEY: &str = "k+/=&%?# \u{e9}\u{4e2d}:@;,~!*'()$";
@@ -117,4 +118,33 @@ async fn transient_errors_are_retried_and_auth_errors_are_not() {
     assert_eq!(err.class(), ErrorClass::Auth, "{err}");
     assert_eq!(emu.state().calls.len() - before, 1, "an auth error is not retried");
     assert!(!err.to_string().contains("wrong"), "no key in the error: {err}");
+}
+
+/// A classic load balancer lives in the API 2.0 state and is served to API 3.0 through the ClassicalLB actions:
+/// listed with Forward 0, and what v3 registers is what v2 sees.
+#[tokio::test]
+async fn classic_load_balancers_share_the_v2_state() {
+    let mut config =
+        emulator_config(Duration::from_millis(100), vec![seed("lb-classic", vec!["ins-old".into()])]);
+    config.credentials = Credentials::new("AKIDv3client", KEY, None);
+    let emu = spawn_emulator(config).await;
+    let c = client(&emu, KEY);
+    let register =
+        json!({"LoadBalancerId": "lb-classic", "Targets": [{"InstanceId": "ins-new", "Weight": 10}]});
+    let (task, _): (_, Empty) = c.call(Action::RegisterTargetsWithClassicalLB, &register).await.unwrap();
+    assert_eq!(wait(&c, &task).await, TaskStatus::Succeeded);
+    let (_, lbs): (_, DescribeLoadBalancersResponse) =
+        c.call(Action::DescribeLoadBalancers, &json!({})).await.unwrap();
+    let classic =
+        lbs.load_balancer_set.unwrap_or_default().into_iter().find(|lb| lb.load_balancer_id == "lb-classic");
+    assert_eq!(classic.and_then(|lb| lb.forward), Some(0));
+    let (_, t): (_, ClassicalTargetsResponse) =
+        c.call(Action::DescribeClassicalLBTargets, &json!({"LoadBalancerId": "lb-classic"})).await.unwrap();
+    let ids: Vec<String> = t.targets.unwrap_or_default().into_iter().filter_map(|b| b.instance_id).collect();
+    assert_eq!(ids, ["ins-new", "ins-old"]);
+    assert_eq!(emu.state().backend_ids("lb-classic"), ["ins-new", "ins-old"], "the v2 view shows it too");
+    let deregister = json!({"LoadBalancerId": "lb-classic", "InstanceIds": ["ins-old"]});
+    let (task, _): (_, Empty) = c.call(Action::DeregisterTargetsFromClassicalLB, &deregister).await.unwrap();
+    assert_eq!(wait(&c, &task).await, TaskStatus::Succeeded);
+    assert_eq!(emu.state().backend_ids("lb-classic"), ["ins-new"]);
 }

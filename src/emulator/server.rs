@@ -193,11 +193,16 @@ impl Emulator {
 
     /// Everything it knows, v2 and v3, with the v3 tasks that are due applied first.
     pub(crate) fn view(&self, with_calls: bool) -> StateView {
-        let mut view = lock(&self.store).view(with_calls);
-        let mut v3 = lock(&self.v3);
         let fail_rate = self.faults().task_fail_rate;
-        v3.finish_due(now_ms(), || rand::random::<f64>() < fail_rate);
-        view.targets = v3.view();
+        let (changes, targets) = {
+            let mut v3 = lock(&self.v3);
+            (v3.finish_due(now_ms(), || rand::random::<f64>() < fail_rate), v3.view())
+        };
+        // NB: never both locks at once: the v3 state is released before the v2 state is taken.
+        let mut store = lock(&self.store);
+        store.apply_classic(&changes);
+        let mut view = store.view(with_calls);
+        view.targets = targets;
         view
     }
 
@@ -223,10 +228,16 @@ impl Emulator {
                         message: "internal error (injected)".into(),
                     });
                 }
+                // Classic load balancers live in the v2 state: a snapshot of it for reading, and the changes of
+                // finished tasks applied to it afterwards (never both locks at once).
+                let classic = lock(&self.store).classic();
                 let mut store = lock(&self.v3);
-                store.finish_due(at_ms, || rand::random::<f64>() < faults.task_fail_rate);
+                let changes = store.finish_due(at_ms, || rand::random::<f64>() < faults.task_fail_rate);
                 let due = at_ms + u64::try_from(faults.task_duration.as_millis()).unwrap_or(u64::MAX);
-                store.execute(action, body, &request_id, due, self.max_batch)
+                let reply = store.execute(action, body, &request_id, due, self.max_batch, &classic);
+                drop(store);
+                lock(&self.store).apply_classic(&changes);
+                reply
             });
         let instance_ids = serde_json::from_slice::<Value>(body)
             .ok()

@@ -210,6 +210,25 @@ impl Store {
         }
     }
 
+    /// A copy of every classic load balancer's backends, for the API 3.0 face.
+    pub(crate) fn classic(&self) -> super::v3::Classic {
+        self.lbs.clone()
+    }
+
+    /// Applies the changes of finished API 3.0 tasks on classic load balancers.
+    pub(crate) fn apply_classic(&mut self, changes: &[super::v3::ClassicChange]) {
+        for (lb, register, items) in changes {
+            let backends = self.lbs.entry(lb.clone()).or_default();
+            for (instance, weight) in items {
+                if *register {
+                    backends.insert(instance.clone(), *weight);
+                } else {
+                    backends.remove(instance);
+                }
+            }
+        }
+    }
+
     /// The backends of `lb`, or `None` for an unknown load balancer.
     pub(crate) fn backends(&self, lb: &str) -> Option<&BTreeMap<String, u32>> {
         self.lbs.get(lb)

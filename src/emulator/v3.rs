@@ -64,7 +64,16 @@ struct V3Task {
     load_balancer: String,
     register: bool,
     targets: Vec<(TargetKey, u32)>,
+    /// For a classic load balancer (kept in the API 2.0 state): the instances and weights.
+    classic: Option<Vec<(String, u32)>>,
 }
+
+/// A change to a classic load balancer that a finished task makes: (load balancer, register, instances and
+/// weights). Classic load balancers live in the API 2.0 state, so the caller applies it there.
+pub(crate) type ClassicChange = (String, bool, Vec<(String, u32)>);
+
+/// The classic load balancers (the API 2.0 state): backends and weights by load balancer.
+pub(crate) type Classic = BTreeMap<String, BTreeMap<String, u32>>;
 
 /// Why a v3 request was refused: its `Error.Code` and `Message`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +84,10 @@ pub(crate) struct V3Error {
 
 fn error(code: &'static str, message: impl Into<String>) -> V3Error {
     V3Error { code, message: message.into() }
+}
+
+fn not_found(lb: &str) -> V3Error {
+    error("InvalidParameter.LBIdNotFound", format!("{lb} does not exist"))
 }
 
 /// A RequestId in the form the real API returns (a UUID).
@@ -170,14 +183,20 @@ impl V3Store {
         store
     }
 
-    /// Applies the tasks that are due at `now_ms`: a failed one (decided by `fail`) changes nothing.
-    pub(crate) fn finish_due(&mut self, now_ms: u64, mut fail: impl FnMut() -> bool) {
+    /// Applies the tasks that are due at `now_ms`: a failed one (decided by `fail`) changes nothing. Returns the
+    /// changes of classic load balancers, for the API 2.0 state.
+    pub(crate) fn finish_due(&mut self, now_ms: u64, mut fail: impl FnMut() -> bool) -> Vec<ClassicChange> {
+        let mut classic = Vec::new();
         for task in self.tasks.values_mut().filter(|t| t.status == 2 && t.due_ms <= now_ms) {
             if fail() {
                 task.status = 1;
                 continue;
             }
             task.status = 0;
+            if let Some(items) = &task.classic {
+                classic.push((task.load_balancer.clone(), task.register, items.clone()));
+                continue;
+            }
             let bound = self.targets.entry(task.load_balancer.clone()).or_default();
             for (key, weight) in &task.targets {
                 if task.register {
@@ -187,6 +206,7 @@ impl V3Store {
                 }
             }
         }
+        classic
     }
 
     /// The bound targets of every application load balancer.
@@ -202,10 +222,7 @@ impl V3Store {
     }
 
     fn listener(&self, lb: &str, listener: &str) -> Result<&SeedListener, V3Error> {
-        let listeners = self
-            .listeners
-            .get(lb)
-            .ok_or_else(|| error("InvalidParameter.LBIdNotFound", format!("{lb} does not exist")))?;
+        let listeners = self.listeners.get(lb).ok_or_else(|| not_found(lb))?;
         listeners.iter().find(|l| l.listener_id == listener).ok_or_else(|| {
             error("InvalidParameter.ListenerIdNotFound", format!("listener {listener} is not on {lb}"))
         })
@@ -219,10 +236,49 @@ impl V3Store {
         request_id: &str,
         due_ms: u64,
         max_targets: usize,
+        classic: &Classic,
     ) -> Result<Value, V3Error> {
         let parse = |e: serde_json::Error| error("InvalidParameter.FormatError", e.to_string());
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct ForLb {
+            load_balancer_id: String,
+        }
         match action {
-            "DescribeLoadBalancers" => Ok(self.describe_load_balancers()),
+            "DescribeLoadBalancers" => Ok(self.describe_load_balancers(classic)),
+            "DescribeListeners" => {
+                let req: ForLb = serde_json::from_slice(body).map_err(parse)?;
+                let listeners = self
+                    .listeners
+                    .get(&req.load_balancer_id)
+                    .ok_or_else(|| not_found(&req.load_balancer_id))?;
+                let out: Vec<Value> = listeners
+                    .iter()
+                    .map(|l| {
+                        let rules: Vec<Value> = l
+                            .rules
+                            .iter()
+                            .map(|r| json!({"LocationId": r.location_id, "Domain": r.domain, "Url": r.url}))
+                            .collect();
+                        json!({"ListenerId": l.listener_id, "Protocol": l.protocol, "Port": l.port, "Rules": rules})
+                    })
+                    .collect();
+                Ok(json!({"Listeners": out, "TotalCount": out.len()}))
+            }
+            "DescribeClassicalLBTargets" => {
+                let req: ForLb = serde_json::from_slice(body).map_err(parse)?;
+                let backends =
+                    classic.get(&req.load_balancer_id).ok_or_else(|| not_found(&req.load_balancer_id))?;
+                let targets: Vec<Value> = backends
+                    .iter()
+                    .map(|(i, w)| json!({"Type": "CVM", "InstanceId": i, "Weight": w}))
+                    .collect();
+                Ok(json!({ "Targets": targets }))
+            }
+            "RegisterTargetsWithClassicalLB" | "DeregisterTargetsFromClassicalLB" => {
+                let register = action == "RegisterTargetsWithClassicalLB";
+                self.submit_classic(register, body, classic, request_id, due_ms, max_targets)
+            }
             "DescribeTargets" => {
                 #[derive(Deserialize)]
                 #[serde(rename_all = "PascalCase")]
@@ -255,17 +311,67 @@ impl V3Store {
         }
     }
 
-    fn describe_load_balancers(&self) -> Value {
-        let set: Vec<Value> =
-            self.listeners.keys().map(|id| json!({"LoadBalancerId": id, "Forward": 1})).collect();
+    fn describe_load_balancers(&self, classic: &Classic) -> Value {
+        let application = self.listeners.keys().map(|id| json!({"LoadBalancerId": id, "Forward": 1}));
+        let classic = classic.keys().map(|id| json!({"LoadBalancerId": id, "Forward": 0}));
+        let set: Vec<Value> = application.chain(classic).collect();
         json!({"TotalCount": set.len(), "LoadBalancerSet": set})
     }
 
+    /// RegisterTargetsWithClassicalLB (`Targets[]` of `{InstanceId, Weight}`) or DeregisterTargetsFromClassicalLB
+    /// (`InstanceIds[]`) on a classic load balancer.
+    fn submit_classic(
+        &mut self,
+        register: bool,
+        body: &[u8],
+        classic: &Classic,
+        request_id: &str,
+        due_ms: u64,
+        max_targets: usize,
+    ) -> Result<Value, V3Error> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Item {
+            instance_id: String,
+            #[serde(default)]
+            weight: Option<u32>,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Req {
+            load_balancer_id: String,
+            #[serde(default)]
+            targets: Vec<Item>,
+            #[serde(default)]
+            instance_ids: Vec<String>,
+        }
+        let req: Req =
+            serde_json::from_slice(body).map_err(|e| error("InvalidParameter.FormatError", e.to_string()))?;
+        let backends = classic.get(&req.load_balancer_id).ok_or_else(|| not_found(&req.load_balancer_id))?;
+        let items: Vec<(String, u32)> = match register {
+            true => {
+                req.targets.into_iter().map(|t| (t.instance_id, t.weight.unwrap_or(10).min(100))).collect()
+            }
+            false => req.instance_ids.into_iter().map(|i| (i, 0)).collect(),
+        };
+        if items.is_empty() || items.len() > max_targets {
+            return Err(error(
+                "InvalidParameterValue.Length",
+                format!("1 to {max_targets} instances per call"),
+            ));
+        }
+        if let Some((missing, _)) = items.iter().find(|(i, _)| !register && !backends.contains_key(i)) {
+            return Err(error("InvalidParameter", format!("{missing} is not a backend")));
+        }
+        let load_balancer = req.load_balancer_id;
+        let task =
+            V3Task { status: 2, due_ms, load_balancer, register, targets: Vec::new(), classic: Some(items) };
+        self.tasks.insert(request_id.to_owned(), task);
+        Ok(json!({}))
+    }
+
     fn describe_targets(&self, lb: &str, only: &[String]) -> Result<Value, V3Error> {
-        let listeners = self
-            .listeners
-            .get(lb)
-            .ok_or_else(|| error("InvalidParameter.LBIdNotFound", format!("{lb} does not exist")))?;
+        let listeners = self.listeners.get(lb).ok_or_else(|| not_found(lb))?;
         let bound = self.targets.get(lb);
         let targets_of = |listener: &str, rule: Option<&str>| -> Vec<Value> {
             bound
@@ -341,8 +447,8 @@ impl V3Store {
             }
             targets.push((key, t.weight.unwrap_or(10).min(100)));
         }
-        let task =
-            V3Task { status: 2, due_ms, load_balancer: req.load_balancer_id.clone(), register, targets };
+        let load_balancer = req.load_balancer_id.clone();
+        let task = V3Task { status: 2, due_ms, load_balancer, register, targets, classic: None };
         self.tasks.insert(request_id.to_owned(), task);
         Ok(json!({}))
     }
@@ -376,7 +482,9 @@ mod tests {
     }
 
     fn targets(store: &mut V3Store) -> Value {
-        store.execute("DescribeTargets", br#"{"LoadBalancerId":"lb-1"}"#, "r", 0, 20).unwrap()
+        store
+            .execute("DescribeTargets", br#"{"LoadBalancerId":"lb-1"}"#, "r", 0, 20, &Classic::new())
+            .unwrap()
     }
 
     /// A Register task binds its targets only once it succeeds; Deregister of an unbound target is refused with a
@@ -385,40 +493,71 @@ mod tests {
     fn writes_are_tasks_and_errors_have_their_codes() {
         let mut s = store();
         let body = br#"{"LoadBalancerId":"lb-1","ListenerId":"lbl-http","LocationId":"loc-1","Targets":[{"Port":30080,"InstanceId":"ins-a"}]}"#;
-        s.execute("RegisterTargets", body, "t1", 100, 20).unwrap();
+        s.execute("RegisterTargets", body, "t1", 100, 20, &Classic::new()).unwrap();
         let task = |s: &mut V3Store, id: &str| {
-            s.execute("DescribeTaskStatus", format!(r#"{{"TaskId":"{id}"}}"#).as_bytes(), "q", 0, 20).unwrap()
+            s.execute(
+                "DescribeTaskStatus",
+                format!(r#"{{"TaskId":"{id}"}}"#).as_bytes(),
+                "q",
+                0,
+                20,
+                &Classic::new(),
+            )
+            .unwrap()
         };
         assert_eq!(task(&mut s, "t1")["Status"], 2);
         assert!(targets(&mut s)["Listeners"][1]["Rules"][0]["Targets"].as_array().unwrap().is_empty());
-        s.finish_due(100, || false);
+        assert!(s.finish_due(100, || false).is_empty(), "no classic change");
         assert_eq!(task(&mut s, "t1")["Status"], 0);
         assert_eq!(targets(&mut s)["Listeners"][1]["Rules"][0]["Targets"][0]["InstanceId"], "ins-a");
 
         let unbound = br#"{"LoadBalancerId":"lb-1","ListenerId":"lbl-tcp","Targets":[{"Port":1,"InstanceId":"ins-a"}]}"#;
         assert_eq!(
-            s.execute("DeregisterTargets", unbound, "t2", 0, 20).unwrap_err().code,
+            s.execute("DeregisterTargets", unbound, "t2", 0, 20, &Classic::new()).unwrap_err().code,
             "InvalidParameter"
         );
         let lost =
             br#"{"LoadBalancerId":"lb-1","ListenerId":"lbl-x","Targets":[{"Port":1,"InstanceId":"ins-a"}]}"#;
         assert_eq!(
-            s.execute("RegisterTargets", lost, "t3", 0, 20).unwrap_err().code,
+            s.execute("RegisterTargets", lost, "t3", 0, 20, &Classic::new()).unwrap_err().code,
             "InvalidParameter.ListenerIdNotFound"
         );
         let no_rule = br#"{"LoadBalancerId":"lb-1","ListenerId":"lbl-http","LocationId":"loc-9","Targets":[{"Port":1,"InstanceId":"ins-a"}]}"#;
         assert_eq!(
-            s.execute("RegisterTargets", no_rule, "t4", 0, 20).unwrap_err().code,
+            s.execute("RegisterTargets", no_rule, "t4", 0, 20, &Classic::new()).unwrap_err().code,
             "InvalidParameter.LocationNotFound"
         );
         let no_lb = br#"{"LoadBalancerId":"lb-9","ListenerId":"lbl-tcp","Targets":[{"Port":1,"InstanceId":"ins-a"}]}"#;
         assert_eq!(
-            s.execute("RegisterTargets", no_lb, "t5", 0, 20).unwrap_err().code,
+            s.execute("RegisterTargets", no_lb, "t5", 0, 20, &Classic::new()).unwrap_err().code,
             "InvalidParameter.LBIdNotFound"
         );
     }
 
+    /// Classic load balancers are served from the API 2.0 state: listed with Forward 0, their targets read,
+    /// and a finished task's change handed back for that state.
+    #[test]
+    fn classic_load_balancers_go_through_the_classical_actions() {
+        let mut s = store();
+        let classic: Classic = [("lb-c".to_owned(), [("ins-a".to_owned(), 10)].into())].into();
+        let lbs = s.execute("DescribeLoadBalancers", b"{}", "r", 0, 20, &classic).unwrap();
+        assert_eq!(lbs["LoadBalancerSet"][1], json!({"LoadBalancerId": "lb-c", "Forward": 0}));
+        let read =
+            s.execute("DescribeClassicalLBTargets", br#"{"LoadBalancerId":"lb-c"}"#, "r", 0, 20, &classic);
+        assert_eq!(read.unwrap()["Targets"][0]["InstanceId"], "ins-a");
+        let body = br#"{"LoadBalancerId":"lb-c","Targets":[{"InstanceId":"ins-b","Weight":5}]}"#;
+        s.execute("RegisterTargetsWithClassicalLB", body, "t1", 10, 20, &classic).unwrap();
+        let gone = br#"{"LoadBalancerId":"lb-c","InstanceIds":["ins-z"]}"#;
+        let refused = s.execute("DeregisterTargetsFromClassicalLB", gone, "t2", 10, 20, &classic);
+        assert_eq!(refused.unwrap_err().code, "InvalidParameter");
+        assert_eq!(s.finish_due(10, || false), [("lb-c".to_owned(), true, vec![("ins-b".to_owned(), 5)])]);
+        let listeners =
+            s.execute("DescribeListeners", br#"{"LoadBalancerId":"lb-1"}"#, "r", 0, 20, &classic).unwrap();
+        assert_eq!(listeners["Listeners"][1]["Rules"][0]["LocationId"], "loc-1");
+    }
+
     /// The signature check answers with the documented codes.
+
     #[test]
     fn authentication_codes() {
         let creds = Credentials::new("AKID1", "key", None);
