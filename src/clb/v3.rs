@@ -178,19 +178,14 @@ pub struct BatchTarget {
 #[serde(rename_all = "PascalCase")]
 pub struct Backend {
     /// `CVM`, `ENI`, ...
-    #[serde(default)]
     pub r#type: Option<String>,
     /// The CVM instance, when the backend is one.
-    #[serde(default)]
     pub instance_id: Option<String>,
     /// The backend port (absent on classic CLBs).
-    #[serde(default)]
     pub port: Option<u16>,
     /// Its weight.
-    #[serde(default)]
     pub weight: Option<u32>,
     /// Its private addresses.
-    #[serde(default)]
     pub private_ip_addresses: Option<Vec<String>>,
 }
 
@@ -201,13 +196,10 @@ pub struct RuleTargets {
     /// The rule's id, `loc-...`.
     pub location_id: String,
     /// Its domain.
-    #[serde(default)]
     pub domain: Option<String>,
     /// Its URL path.
-    #[serde(default)]
     pub url: Option<String>,
     /// Its targets.
-    #[serde(default)]
     pub targets: Option<Vec<Backend>>,
 }
 
@@ -218,16 +210,12 @@ pub struct ListenerBackend {
     /// The listener's id.
     pub listener_id: String,
     /// `TCP`, `UDP`, `HTTP`, `HTTPS`, ...
-    #[serde(default)]
     pub protocol: Option<String>,
     /// The listener's port.
-    #[serde(default)]
     pub port: Option<u16>,
     /// Layer-4 targets.
-    #[serde(default)]
     pub targets: Option<Vec<Backend>>,
     /// Layer-7 rules with their targets.
-    #[serde(default)]
     pub rules: Option<Vec<RuleTargets>>,
 }
 
@@ -236,7 +224,6 @@ pub struct ListenerBackend {
 #[serde(rename_all = "PascalCase")]
 pub struct DescribeTargetsResponse {
     /// The listeners asked for.
-    #[serde(default)]
     pub listeners: Option<Vec<ListenerBackend>>,
 }
 
@@ -245,7 +232,6 @@ pub struct DescribeTargetsResponse {
 #[serde(rename_all = "PascalCase")]
 pub struct ClassicalTargetsResponse {
     /// The backends.
-    #[serde(default)]
     pub targets: Option<Vec<Backend>>,
 }
 
@@ -256,10 +242,8 @@ pub struct LoadBalancer {
     /// Its id.
     pub load_balancer_id: String,
     /// Its name.
-    #[serde(default)]
     pub load_balancer_name: Option<String>,
     /// 1: an application CLB (listeners and targets); 0: a classic CLB.
-    #[serde(default)]
     pub forward: Option<i64>,
 }
 
@@ -268,10 +252,8 @@ pub struct LoadBalancer {
 #[serde(rename_all = "PascalCase")]
 pub struct DescribeLoadBalancersResponse {
     /// All matches, whatever the page size.
-    #[serde(default)]
     pub total_count: Option<u64>,
     /// This page.
-    #[serde(default)]
     pub load_balancer_set: Option<Vec<LoadBalancer>>,
 }
 
@@ -293,7 +275,6 @@ pub struct TaskStatusResponse {
     /// 0 succeeded, 1 failed, 2 running.
     pub status: i64,
     /// Why it failed, when it did.
-    #[serde(default)]
     pub message: Option<String>,
 }
 
@@ -314,10 +295,8 @@ impl TaskStatusResponse {
 #[serde(rename_all = "PascalCase")]
 pub struct BatchResponse {
     /// Listeners that failed.
-    #[serde(default)]
     pub fail_listener_id_set: Option<Vec<String>>,
     /// Why, as text.
-    #[serde(default)]
     pub message: Option<String>,
 }
 

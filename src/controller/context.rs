@@ -1,6 +1,6 @@
 //! The handles every reconcile shares: clients, caches, the event recorder, metrics and the per-binding memory.
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{collections::BTreeSet, sync::Arc};
 
 use kube::{
     Client, Resource, ResourceExt,
@@ -12,13 +12,13 @@ use kube::{
 use tracing::warn;
 
 use super::{
-    backoff::Exponential,
+    Config,
     events::Note,
     index::BindingIndex,
     memory::{Key, Memory},
     pods::PodScope,
     polls::PollSchedule,
-    settle::{Settle, SignalClock},
+    settle::SignalClock,
     slim::{SlimNode, SlimPod},
     watch::SecretMeta,
 };
@@ -44,17 +44,6 @@ pub struct Caches {
     pub signals: Arc<SignalClock>,
 }
 
-/// The tunables reconciles read.
-#[derive(Clone, Copy, Debug)]
-pub struct Tunables {
-    /// How often an unchanged binding is looked at again.
-    pub resync: Duration,
-    /// How submissions are coalesced.
-    pub settle: Settle,
-    /// Retries of a binding with a problem, and of failed reconciles.
-    pub problem_backoff: Exponential,
-}
-
 /// Everything a reconcile needs, shared by all of them.
 pub struct Context {
     /// Kubernetes client.
@@ -69,8 +58,8 @@ pub struct Context {
     pub default_credentials: Option<Credentials>,
     /// Event publisher; one shared recorder so that repeated events aggregate.
     pub recorder: Recorder,
-    /// Tunables.
-    pub tunables: Tunables,
+    /// The configuration it runs with (resync, settle, backoffs).
+    pub config: Config,
     /// When each running task is next polled.
     pub polls: PollSchedule,
     /// Metrics.
@@ -88,7 +77,7 @@ impl Context {
         caches: Caches,
         clb: ClbClient,
         default_credentials: Option<Credentials>,
-        tunables: Tunables,
+        config: Config,
         polls: PollSchedule,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -100,7 +89,7 @@ impl Context {
             index: BindingIndex::default(),
             clb,
             default_credentials,
-            tunables,
+            config,
             polls,
             metrics,
             memory: Memory::default(),

@@ -235,7 +235,7 @@ pub async fn load_balancer(clb: &ClbClient, lb: &str) -> std::result::Result<BTr
 /// when it does.
 pub fn settle(ctx: &Context, key: &Key, looked_at: &BTreeSet<String>) -> Option<Duration> {
     let now = tokio::time::Instant::now();
-    let policy = &ctx.tunables.settle;
+    let policy = &ctx.config.settle;
     let signals = &ctx.caches.signals;
     let recent: Vec<_> = looked_at.iter().filter_map(|n| signals.last(n)).collect();
     let cluster = signals.nodes_changed_within(policy.burst_quiet(), now);
@@ -261,28 +261,28 @@ pub fn marks(
     key: &Key,
     nodes: impl IntoIterator<Item = String>,
 ) -> BTreeMap<String, NodeMark> {
-    let others: Vec<ClbBackendBindingStatus> = ctx
-        .caches
-        .bindings
-        .state()
-        .iter()
-        .filter(|b| ObjectRef::from_obj(b.as_ref()) != *key)
-        .map(|b| ctx.memory.current_status(b))
-        .collect();
-    nodes
+    let mut marks: BTreeMap<String, NodeMark> = nodes
         .into_iter()
         .map(|node| {
             let cached = ctx.caches.nodes.get(&ObjectRef::new(&node));
-            let mark = NodeMark {
-                exists: cached.is_some(),
-                marked: cached.is_some_and(|n| n.annotations().contains_key(DEREGISTERED_AT_ANNOTATION)),
-                owned_elsewhere: others
-                    .iter()
-                    .any(|s| s.backends.iter().any(|b| b.node.as_deref() == Some(node.as_str()))),
-            };
-            (node, mark)
+            let marked =
+                cached.as_ref().is_some_and(|n| n.annotations().contains_key(DEREGISTERED_AT_ANNOTATION));
+            (node, NodeMark { exists: cached.is_some(), marked, owned_elsewhere: false })
         })
-        .collect()
+        .collect();
+    // Only a node that may get the mark needs the other bindings' statuses: most reconciles release nothing, and
+    // scanning every binding on each of them would cost O(bindings) per reconcile.
+    if marks.values().any(|m| m.exists && !m.marked) {
+        let others: Vec<ClbBackendBindingStatus> = (ctx.caches.bindings.state().iter())
+            .filter(|b| ObjectRef::from_obj(b.as_ref()) != *key)
+            .map(|b| ctx.memory.current_status(b))
+            .collect();
+        for (node, mark) in marks.iter_mut().filter(|(_, m)| m.exists && !m.marked) {
+            mark.owned_elsewhere =
+                others.iter().any(|s| s.backends.iter().any(|b| b.node.as_deref() == Some(node.as_str())));
+        }
+    }
+    marks
 }
 
 #[cfg(test)]

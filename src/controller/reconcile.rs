@@ -82,7 +82,7 @@ pub fn error_policy(binding: Arc<ClbBackendBinding>, error: &Error, ctx: Arc<Con
         return Action::requeue(delay);
     }
     let key = ObjectRef::from_obj(&*binding);
-    let mut delay = ctx.memory.errored(&key, &ctx.tunables.problem_backoff);
+    let mut delay = ctx.memory.errored(&key, &ctx.config.problem_backoff);
     if ctx.memory.has_unwritten(&key) {
         // The CLB accepted tasks the status does not show yet: keep trying to write them.
         delay = delay.min(UNWRITTEN_RETRY);
@@ -406,7 +406,7 @@ impl Done {
 /// status if it changed, and says when to look again (`None`: the periodic resync).
 async fn finish(ctx: &Context, seen: &Observed, mut draft: Draft, done: Done) -> Result<Action> {
     let delay = conclude(ctx, seen, &mut draft, done).await?;
-    Ok(Action::requeue(delay.unwrap_or(ctx.tunables.resync)))
+    Ok(Action::requeue(delay.unwrap_or(ctx.config.resync)))
 }
 
 /// [`finish`] without the requeue: the delay until the next look, if anything waits.
@@ -423,7 +423,7 @@ async fn conclude(ctx: &Context, seen: &Observed, draft: &mut Draft, done: Done)
     let problem_wait = match (&gate, &problem) {
         (Gate::Held { until, .. }, _) => Some(until.saturating_duration_since(now)),
         (Gate::Open, Some(p)) if decide::backs_off(p) => {
-            Some(ctx.memory.troubled(key, p.clone(), cause, &ctx.tunables.problem_backoff, now))
+            Some(ctx.memory.troubled(key, p.clone(), cause, &ctx.config.problem_backoff, now))
         }
         _ => {
             ctx.memory.untroubled(key);

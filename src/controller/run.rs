@@ -12,8 +12,8 @@ use kube::{
 use tracing::info;
 
 use super::{
-    Config, Context, context::Caches, context::Tunables, http, leader, polls::PollSchedule, reconcile,
-    settle::SignalClock, watch,
+    Config, Context, context::Caches, http, leader, polls::PollSchedule, reconcile, settle::SignalClock,
+    watch,
 };
 use crate::{
     api::ClbBackendBinding,
@@ -68,20 +68,20 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
         secrets: watches.secrets.clone(),
         signals,
     };
-    let tunables =
-        Tunables { resync: config.resync, settle: config.settle, problem_backoff: config.problem_backoff };
     let polls = PollSchedule::new(config.poll);
-    let ctx = Arc::new(Context::new(client, caches, clb, default_credentials, tunables, polls, metrics));
+    let (namespace, concurrency) = (config.namespace.clone(), config.concurrency);
+    let endpoint = config.clb.endpoint.clone();
+    let ctx = Arc::new(Context::new(client, caches, clb, default_credentials, config, polls, metrics));
 
     announce_synced(&watches, &ctx, ready);
     let (for_nodes, for_pods, for_secrets) = (ctx.clone(), ctx.clone(), ctx.clone());
-    info!(namespace = ?config.namespace, endpoint = %config.clb.endpoint, "Starting the controller");
+    info!(?namespace, %endpoint, "Starting the controller");
     controller
         .watches_stream(watches.node_changes, move |node| for_nodes.index.for_node(&node))
         .watches_stream(watches.pod_changes, move |pod| for_pods.index.for_pod(&pod))
         .watches_stream(watches.secret_changes, move |secret| users_of(&for_secrets, &secret))
         .reconcile_all_on(watches.gone)
-        .with_config(ControllerConfig::default().concurrency(config.concurrency))
+        .with_config(ControllerConfig::default().concurrency(concurrency))
         .shutdown_on_signal()
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|result| async move {

@@ -239,20 +239,16 @@ impl Emulator {
                 lock(&self.store).apply_classic(&changes);
                 reply
             });
-        let instance_ids = serde_json::from_slice::<Value>(body)
-            .ok()
-            .and_then(|v| v.get("Targets").and_then(Value::as_array).cloned())
-            .into_iter()
-            .flatten()
+        // The call log names the load balancer and the instances, as it does for v2.
+        let parsed = serde_json::from_slice::<Value>(body).unwrap_or_default();
+        let instance_ids = (parsed.get("Targets").and_then(Value::as_array).into_iter().flatten())
             .filter_map(|t| t.get("InstanceId").and_then(Value::as_str).map(str::to_owned))
             .collect();
         let error = result.as_ref().err().map(|e| e.code.to_owned());
         let call = CallRecord {
             action: action.to_owned(),
             http_method: "POST".into(),
-            load_balancer_id: serde_json::from_slice::<Value>(body)
-                .ok()
-                .and_then(|v| v.get("LoadBalancerId").and_then(Value::as_str).map(str::to_owned)),
+            load_balancer_id: parsed.get("LoadBalancerId").and_then(Value::as_str).map(str::to_owned),
             instance_ids,
             request_id: None,
             code: i64::from(error.is_some()),
