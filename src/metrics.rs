@@ -13,7 +13,10 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::clb::{Action, ClbError, Observer};
+use crate::clb::{
+    Action, ClbError, Observer, v3,
+    v3_client::{V3CallError, V3Observer},
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
@@ -182,6 +185,20 @@ impl Metrics {
             let outcome = match outcome {
                 Ok(()) => "ok",
                 Err(e) => e.kind(),
+            };
+            let action = action.as_str();
+            metrics.clb_requests.get_or_create(&RequestLabels { action, outcome }).inc();
+            metrics.clb_request_duration.get_or_create(&ActionLabel { action }).observe(took.as_secs_f64());
+        })
+    }
+
+    /// An observer for the CLB API 3.0 client that counts requests and their latency.
+    pub fn clb_v3_observer(self: &Arc<Self>) -> V3Observer {
+        let metrics = Arc::clone(self);
+        Arc::new(move |action: v3::Action, outcome: Result<(), &V3CallError>, took: Duration| {
+            let outcome = match outcome {
+                Ok(()) => "ok",
+                Err(e) => e.class().label(),
             };
             let action = action.as_str();
             metrics.clb_requests.get_or_create(&RequestLabels { action, outcome }).inc();

@@ -137,7 +137,12 @@ async fn a_failed_status_write_after_a_submission_loses_nothing() {
     let call = state.calls_of(Action::DeregisterInstancesFromLoadBalancer).find(|c| c.code == 0).unwrap();
     let request_id = call.request_id.unwrap();
     let task = s.tasks.iter().find(|t| t.action == TaskAction::Deregister).unwrap();
-    assert_eq!((task.request_id, task.state), (request_id, TaskState::Succeeded), "{:?}", s.tasks);
+    assert_eq!(
+        (task.request_id.clone(), task.state),
+        (request_id.to_string(), TaskState::Succeeded),
+        "{:?}",
+        s.tasks
+    );
     let polls = state
         .calls_of(Action::DescribeLoadBalancersTaskResult)
         .filter(|c| c.request_id == Some(request_id))

@@ -65,7 +65,10 @@ async fn standby_takes_over_a_running_task_when_the_leader_dies() {
     eventually(Duration::from_secs(20), "replica-b polling the same requestId within 20 s", || async {
         emu.state()
             .calls_of(Action::DescribeLoadBalancersTaskResult)
-            .any(|c| c.at_ms > killed_at_ms && c.request_id == Some(running.request_id))
+            .any(|c| {
+                c.at_ms > killed_at_ms
+                    && c.request_id.map(|r| r.to_string()) == Some(running.request_id.clone())
+            })
             .then_some(())
     })
     .await;

@@ -37,7 +37,7 @@ async fn node_targets_register_all_and_deregister_a_deleted_node() {
     Api::<Node>::all(t.client.clone()).delete(&gone_node, &DeleteParams::default()).await.unwrap();
     let running = running_task(&t, "web", TaskAction::Deregister).await;
     assert_eq!(running.instance_ids, std::slice::from_ref(&gone_id));
-    let emu_task = emu.state().tasks.iter().find(|x| x.request_id == running.request_id).cloned();
+    let emu_task = emu.state().tasks.iter().find(|x| x.request_id.to_string() == running.request_id).cloned();
     assert!(
         emu_task.is_some_and(|x| x.instance_ids == [gone_id.clone()]),
         "status shows the emulator's requestId"
@@ -45,8 +45,8 @@ async fn node_targets_register_all_and_deregister_a_deleted_node() {
     let s = status(&t, "web").await;
     let b = s.backends.iter().find(|b| b.instance_id == gone_id).unwrap();
     assert_eq!(
-        (b.state, b.request_id, b.reason.as_deref()),
-        (BackendState::Deregistering, Some(running.request_id), Some("NodeDeleted"))
+        (b.state, b.request_id.clone(), b.reason.as_deref()),
+        (BackendState::Deregistering, Some(running.request_id.clone()), Some("NodeDeleted"))
     );
 
     let rest: BTreeSet<String> = ids(&nodes[1..]);
@@ -292,7 +292,9 @@ async fn a_killed_operator_resumes_polling_the_same_task() {
     let polls_after_restart = emu
         .state()
         .calls_of(Action::DescribeLoadBalancersTaskResult)
-        .filter(|c| c.at_ms > killed_at_ms && c.request_id == Some(running.request_id))
+        .filter(|c| {
+            c.at_ms > killed_at_ms && c.request_id.map(|r| r.to_string()) == Some(running.request_id.clone())
+        })
         .count();
     assert!(polls_after_restart >= 1, "the restarted operator polled requestId {}", running.request_id);
 }

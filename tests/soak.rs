@@ -198,7 +198,7 @@ fn watch_running(t: &TestNs) -> Arc<Mutex<BTreeSet<u64>>> {
             let Ok(b) = event else { continue };
             let running =
                 b.status.iter().flat_map(|s| s.tasks.iter()).filter(|t| t.state == TaskState::Running);
-            out.lock().unwrap().extend(running.map(|t| t.request_id));
+            out.lock().unwrap().extend(running.filter_map(|t| t.request_id.parse::<u64>().ok()));
         }
     });
     seen

@@ -31,13 +31,13 @@ use serde::{Deserialize, Serialize};
         name = "Desired",
         type_ = "integer",
         json_path = ".status.desired",
-        description = "Instances that should serve"
+        description = "Targets that should serve"
     ),
     printcolumn(
         name = "Registered",
         type_ = "integer",
         json_path = ".status.registered",
-        description = "Owned instances registered on the CLB"
+        description = "Owned targets registered on the CLB"
     ),
     printcolumn(
         name = "Tasks",
@@ -55,7 +55,7 @@ use serde::{Deserialize, Serialize};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ClbBackendBindingSpec {
-    /// ID of the classic CLB load balancer, e.g. lb-abcd1234. Immutable: to move backends to another load
+    /// ID of the CLB load balancer (application or classic), e.g. lb-abcd1234. Immutable: to move backends to another load
     /// balancer, create a new binding.
     #[x_kube(
         validation = Rule::new("self.matches('^lb-[0-9a-z]+$')").message("loadBalancerId must be 'lb-' followed by lowercase letters and digits, e.g. lb-abcd1234"),
@@ -77,6 +77,13 @@ pub struct ClbBackendBindingSpec {
     /// Which instances to bind: exactly one of nodeSelector and podSelector.
     pub targets: Targets,
 
+    /// Listeners of an application CLB to bind the instances to, each at a backend port (API 3.0). Leave it
+    /// out for a classic CLB, whose instances are bound to the load balancer as a whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    #[x_kube(validation = Rule::new("self.all(l, self.exists_one(m, m.listenerId == l.listenerId && (has(m.locationId) ? m.locationId : '') == (has(l.locationId) ? l.locationId : '') && (has(m.domain) ? m.domain : '') == (has(l.domain) ? l.domain : '') && (has(m.url) ? m.url : '') == (has(l.url) ? l.url : '')))").message("listeners must not name the same listener and rule twice"))]
+    pub listeners: Vec<ListenerRef>,
+
     /// Weight (0..100) given to instances this binding registers. 0 keeps an instance registered without
     /// sending it new traffic.
     #[serde(default = "default_weight")]
@@ -95,6 +102,54 @@ pub struct ClbBackendBindingSpec {
 
 fn default_weight() -> i32 {
     10
+}
+
+/// A listener of an application CLB (and, for a layer-7 listener, one of its rules) and the port the bound
+/// instances serve it on.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.port) != has(self.service)").message("a listener must set exactly one of port and service"))]
+#[x_kube(validation = Rule::new("!(has(self.locationId) && (has(self.domain) || has(self.url)))").message("set locationId or domain and url, not both"))]
+#[x_kube(validation = Rule::new("has(self.domain) == has(self.url)").message("domain and url go together"))]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerRef {
+    /// The listener's ID, e.g. lbl-abcd1234.
+    #[x_kube(validation = Rule::new("self.matches('^lbl-[0-9a-z]+$')").message("listenerId must be 'lbl-' followed by lowercase letters and digits, e.g. lbl-abcd1234"))]
+    #[schemars(length(max = 64))]
+    pub listener_id: String,
+    /// The port the instances serve the listener on (e.g. a Service's NodePort).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 65535").message("port must be between 1 and 65535"))]
+    pub port: Option<i32>,
+    /// A Service of the binding's namespace whose NodePort (for the named Service port) is the backend port;
+    /// the binding follows it when it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServicePort>,
+    /// The layer-7 rule's ID (loc-...), for an HTTP or HTTPS listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^loc-[0-9a-z]+$')").message("locationId must be 'loc-' followed by lowercase letters and digits"))]
+    #[schemars(length(max = 64))]
+    pub location_id: Option<String>,
+    /// The layer-7 rule's domain, with url, instead of locationId.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub domain: Option<String>,
+    /// The layer-7 rule's URL path, with domain, instead of locationId.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("url must start with /"))]
+    #[schemars(length(min = 1, max = 255))]
+    pub url: Option<String>,
+}
+
+/// A port of a Service in the binding's namespace; its NodePort is used.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePort {
+    /// The Service's name.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// The Service port (its `port` number) whose nodePort is used.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
 }
 
 /// A reference to a Secret in the binding's namespace.
@@ -186,17 +241,18 @@ pub struct ClbBackendBindingStatus {
     /// Ready, Progressing and Degraded, each with a reason.
     #[serde(default)]
     pub conditions: Vec<Condition>,
-    /// Number of instances that should serve now.
+    /// Number of targets that should serve now: instances on a classic CLB, instances at each listener on an
+    /// application CLB.
     #[serde(default)]
     pub desired: i32,
-    /// Number of owned instances in state Registered.
+    /// Number of owned targets in state Registered.
     #[serde(default)]
     pub registered: i32,
     /// Number of CLB tasks still running.
     #[serde(default)]
     pub in_flight: i32,
-    /// The instances this binding owns on the load balancer, and only those: the operator never deregisters an
-    /// instance that is not listed here.
+    /// The targets this binding owns on the load balancer (an instance, and on an application CLB its listener,
+    /// rule and port), and only those: the operator never deregisters a target that is not listed here.
     #[serde(default)]
     pub backends: Vec<BackendStatus>,
     /// CLB tasks: the running ones first, then a bounded history of finished ones, newest first.
@@ -218,8 +274,26 @@ pub struct IntentRecord {
     pub action: TaskAction,
     /// The instances the submission acts on.
     pub instance_ids: Vec<String>,
+    /// For listeners of an application CLB: the targets the submission acts on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<TargetRef>,
     /// When the submission was about to be made.
     pub at: Time,
+}
+
+/// An instance bound to a listener (and rule) of an application CLB at a port.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetRef {
+    /// CVM instance ID.
+    pub instance_id: String,
+    /// The listener.
+    pub listener_id: String,
+    /// The layer-7 rule, for HTTP and HTTPS listeners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location_id: Option<String>,
+    /// The backend port.
+    pub port: u16,
 }
 
 /// One owned instance on the load balancer.
@@ -228,14 +302,25 @@ pub struct IntentRecord {
 pub struct BackendStatus {
     /// CVM instance ID (the unified ins-... ID).
     pub instance_id: String,
+    /// The listener it is bound to (application CLBs); absent for a classic CLB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listener_id: Option<String>,
+    /// The layer-7 rule it is bound to, for HTTP and HTTPS listeners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location_id: Option<String>,
+    /// The backend port on the listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
     /// Node the instance belongs to, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
     /// Registering, Registered or Deregistering.
     pub state: BackendState,
-    /// The CLB task moving the instance to its next state, while one runs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<u64>,
+    /// The CLB task moving the instance to its next state, while one runs: API 3.0's RequestId, or API 2.0's
+    /// numeric requestId as a decimal string.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "task_id::optional")]
+    #[schemars(with = "Option<String>")]
+    pub request_id: Option<String>,
     /// Why the instance is being deregistered (e.g. NodeDeleted, Taint/ToBeDeletedByClusterAutoscaler).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -256,12 +341,19 @@ pub enum BackendState {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskRecord {
-    /// The requestId the CLB returned; polled with DescribeLoadBalancersTaskResult.
-    pub request_id: u64,
+    /// The task's id: API 3.0's RequestId (polled with DescribeTaskStatus), or API 2.0's numeric requestId as
+    /// a decimal string (polled with DescribeLoadBalancersTaskResult). A status written with integer ids is
+    /// read as well.
+    #[serde(deserialize_with = "task_id::required")]
+    #[schemars(with = "String")]
+    pub request_id: String,
     /// Register or Deregister.
     pub action: TaskAction,
     /// The instances the task acts on.
     pub instance_ids: Vec<String>,
+    /// For listeners of an application CLB: the targets the task acts on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<TargetRef>,
     /// Running, Succeeded or Failed.
     pub state: TaskState,
     /// When the task was submitted.
@@ -274,9 +366,11 @@ pub struct TaskRecord {
 /// The kind of change a task makes.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum TaskAction {
-    /// RegisterInstancesWithLoadBalancer.
+    /// RegisterTargets / BatchRegisterTargets / RegisterTargetsWithClassicalLB (API 3.0), or
+    /// RegisterInstancesWithLoadBalancer (API 2.0).
     Register,
-    /// DeregisterInstancesFromLoadBalancer.
+    /// DeregisterTargets / BatchDeregisterTargets / DeregisterTargetsFromClassicalLB (API 3.0), or
+    /// DeregisterInstancesFromLoadBalancer (API 2.0).
     Deregister,
 }
 
@@ -289,4 +383,33 @@ pub enum TaskState {
     Succeeded,
     /// The CLB gave up on it (status 1); the instances stay in their previous state and are retried.
     Failed,
+}
+
+/// Task ids as strings, reading the integer ids that statuses written before API 3.0 hold.
+mod task_id {
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        Text(String),
+        Number(u64),
+    }
+
+    impl From<Id> for String {
+        fn from(id: Id) -> Self {
+            match id {
+                Id::Text(s) => s,
+                Id::Number(n) => n.to_string(),
+            }
+        }
+    }
+
+    pub fn required<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        Id::deserialize(d).map(String::from)
+    }
+
+    pub fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        Ok(Option::<Id>::deserialize(d)?.map(String::from))
+    }
 }

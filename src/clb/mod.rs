@@ -1,14 +1,18 @@
-//! The Tencent Cloud CLB API v2 (`lb.api.qcloud.com/v2/index.php`): signing, a rate-limited retrying client,
-//! and the task poller. No Kubernetes types and no command line live here.
+//! The Tencent Cloud CLB APIs behind one seam ([`cloud::Cloud`]): API 3.0 (TC3 signing, its client, listeners
+//! and targets) and API 2.0 (`lb.api.qcloud.com/v2/index.php`, the legacy path). No Kubernetes types and no
+//! command line live here.
 
 mod client;
+pub mod cloud;
 mod credentials;
 mod error;
 pub mod sign;
 pub mod task;
 pub mod tc3;
+pub mod v2_cloud;
 pub mod v3;
 pub mod v3_client;
+pub mod v3_cloud;
 pub mod wire;
 
 use std::fmt;

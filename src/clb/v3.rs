@@ -78,6 +78,21 @@ impl Action {
     }
 }
 
+/// Whether `action` (by name) is one of the writes whose RequestId is a task.
+pub fn is_write(action: &str) -> bool {
+    ACTIONS_BY_NAME.iter().any(|a| a.as_str() == action && a.is_async_write())
+}
+
+const ACTIONS_BY_NAME: [Action; 7] = [
+    Action::RegisterTargets,
+    Action::DeregisterTargets,
+    Action::BatchRegisterTargets,
+    Action::BatchDeregisterTargets,
+    Action::ModifyTargetWeight,
+    Action::RegisterTargetsWithClassicalLB,
+    Action::DeregisterTargetsFromClassicalLB,
+];
+
 /// How an error code is to be handled, after the reference's error table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
@@ -94,6 +109,19 @@ pub enum ErrorClass {
     Ambiguous,
     /// The request is wrong or over a quota: retrying the same request cannot help.
     Invalid,
+}
+
+impl ErrorClass {
+    /// A short label for metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Retry => "transient",
+            Self::Resign => "expired",
+            Self::Auth => "auth",
+            Self::Gone => "not_found",
+            Self::Ambiguous | Self::Invalid => "invalid_request",
+        }
+    }
 }
 
 /// The class of an API 3.0 error code (`Error.Code`).

@@ -49,6 +49,9 @@ impl V3CallError {
     }
 }
 
+/// Told about every send: the action, its outcome and how long it took (for metrics).
+pub type V3Observer = Arc<dyn Fn(Action, Result<(), &V3CallError>, Duration) + Send + Sync>;
+
 /// A CLB API 3.0 client for one region and one set of credentials.
 #[derive(Clone)]
 pub struct V3Client {
@@ -60,6 +63,7 @@ pub struct V3Client {
     limiters: Arc<HashMap<Action, DefaultDirectRateLimiter>>,
     /// Sends per call, the first included.
     attempts: usize,
+    observer: Option<V3Observer>,
 }
 
 impl std::fmt::Debug for V3Client {
@@ -112,7 +116,19 @@ impl V3Client {
             region: region.to_owned(),
             limiters: Arc::new(limiters),
             attempts: 4,
+            observer: None,
         })
+    }
+
+    /// The same client (connections and rate limits shared) for `region` with `credentials`.
+    pub fn with_credentials(&self, credentials: Credentials, region: &str) -> Self {
+        Self { credentials: Arc::new(credentials), region: region.to_owned(), ..self.clone() }
+    }
+
+    /// The same client reporting every send to `observer`.
+    pub fn with_observer(mut self, observer: V3Observer) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// The same client making at most `attempts` sends per call (at least 1).
@@ -137,8 +153,8 @@ impl V3Client {
             .with_max_times(self.attempts - 1)
             .with_jitter();
         let send = || async {
-            match self.send_once::<T>(action, &body).await {
-                Err(e) if e.class() == ErrorClass::Resign => self.send_once::<T>(action, &body).await,
+            match self.observed::<T>(action, &body).await {
+                Err(e) if e.class() == ErrorClass::Resign => self.observed::<T>(action, &body).await,
                 other => other,
             }
         };
@@ -146,6 +162,19 @@ impl V3Client {
             .when(|e| e.class() == ErrorClass::Retry)
             .notify(|e, delay| debug!(?action, error = %e, ?delay, "Retrying CLB v3 request"))
             .await
+    }
+
+    async fn observed<T: DeserializeOwned>(
+        &self,
+        action: Action,
+        body: &[u8],
+    ) -> Result<(String, T), V3CallError> {
+        let started = std::time::Instant::now();
+        let result = self.send_once::<T>(action, body).await;
+        if let Some(observe) = &self.observer {
+            observe(action, result.as_ref().map(|_| ()), started.elapsed());
+        }
+        result
     }
 
     async fn send_once<T: DeserializeOwned>(

@@ -6,7 +6,7 @@ use clap::Args;
 
 use crate::{
     clb::{Credentials, ENV_SECRET_ID, ENV_SECRET_KEY, SecretString},
-    emulator::{EmulatorConfig, Faults, SeedLoadBalancer},
+    emulator::{EmulatorConfig, Faults, SeedListener, SeedLoadBalancer},
 };
 
 /// Arguments of `clb-operator emulator`.
@@ -33,9 +33,23 @@ pub struct EmulatorArgs {
     /// Delay added before answering each API request, e.g. `50ms`.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub latency: Duration,
-    /// Most backends per Register/Deregister call; more is answered 4000.
+    /// Most backends per API 2.0 Register/Deregister call; more is answered 4000.
     #[arg(long, default_value_t = 20)]
     pub max_batch: usize,
+    /// Most targets per API 3.0 RegisterTargets/DeregisterTargets (and classic) call; more is answered
+    /// InvalidParameterValue.Length.
+    #[arg(long, default_value_t = crate::clb::v3::MAX_TARGETS)]
+    pub max_targets: usize,
+    /// Most targets per API 3.0 BatchRegisterTargets/BatchDeregisterTargets call.
+    #[arg(long, default_value_t = crate::clb::v3::MAX_BATCH_TARGETS)]
+    pub max_batch_targets: usize,
+    /// Make the API 3.0 batch calls apply at once and hand out no task (by default they are tasks).
+    #[arg(long)]
+    pub batch_sync: bool,
+    /// An API 3.0 application load balancer's listener to start with (repeatable):
+    /// `lb-x/lbl-y=TCP:80`, or `lb-x/lbl-y=HTTP:80,loc-1=a.example.com/path` with layer-7 rules.
+    #[arg(long = "listener", value_name = "LB/LISTENER=PROTOCOL:PORT[,RULE=DOMAIN/URL...]")]
+    pub listeners: Vec<SeedListener>,
     /// Requests per second admitted per action (more is answered 4400); 0 admits all.
     #[arg(long, default_value_t = 0)]
     pub qps: u32,
@@ -66,8 +80,12 @@ impl EmulatorArgs {
                 latency: self.latency,
             },
             max_batch: self.max_batch,
+            max_targets: self.max_targets,
+            max_batch_targets: self.max_batch_targets,
+            batch_sync: self.batch_sync,
             qps: self.qps,
             load_balancers: self.load_balancers,
+            listeners: self.listeners,
             state_file: self.state_file,
             ..EmulatorConfig::default()
         })

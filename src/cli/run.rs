@@ -3,8 +3,8 @@
 use std::{path::PathBuf, sync::LazyLock};
 
 use crate::{
-    clb::ClientConfig,
-    controller::{Config, leader::LeaseSettings, settle::Settle},
+    clb::{ClientConfig, cloud::ClbApi},
+    controller::{Config, config::default_endpoint, leader::LeaseSettings, settle::Settle},
 };
 
 /// The shipped defaults, shown by `--help` and used when a flag is not given.
@@ -24,16 +24,21 @@ pub struct RunArgs {
     /// Watch bindings (and their pods and Secrets) in this namespace only; all namespaces when unset.
     #[arg(long, env = "WATCH_NAMESPACE")]
     pub namespace: Option<String>,
-    /// CLB API v2 endpoint.
-    #[arg(long, env = "CLB_ENDPOINT", default_value_t = DEFAULTS.clb.endpoint.clone())]
-    pub clb_endpoint: url::Url,
+    /// Which CLB API to speak: v3 (CLB API 3.0, TC3-HMAC-SHA256; application and classic CLBs) or v2 (the
+    /// legacy API 2.0, classic CLBs only, for accounts that still have it).
+    #[arg(long, env = "CLB_API", default_value = "v3", value_parser = parse_api)]
+    pub clb_api: ClbApi,
+    /// CLB API endpoint; the default follows --clb-api (https://clb.tencentcloudapi.com/ for v3,
+    /// https://lb.api.qcloud.com/v2/index.php for v2).
+    #[arg(long, env = "CLB_ENDPOINT")]
+    pub clb_endpoint: Option<url::Url>,
     /// Address serving /healthz, /readyz and /metrics.
     #[arg(long, env = "HTTP_ADDR", default_value_t = DEFAULTS.http_addr)]
     pub http_addr: std::net::SocketAddr,
     /// Bindings reconciled at the same time.
     #[arg(long, default_value_t = DEFAULTS.concurrency)]
     pub concurrency: u16,
-    /// Most instances per Register or Deregister call.
+    /// Most instances per Register or Deregister call (API 2.0; API 3.0 uses its documented limits).
     #[arg(long, default_value_t = DEFAULTS.clb.max_batch as u16,
         value_parser = clap::value_parser!(u16).range(1..=100))]
     pub batch_size: u16,
@@ -73,8 +78,9 @@ impl From<RunArgs> for Config {
         });
         Config {
             namespace: args.namespace,
+            api: args.clb_api,
             clb: ClientConfig {
-                endpoint: args.clb_endpoint,
+                endpoint: args.clb_endpoint.unwrap_or_else(|| default_endpoint(args.clb_api)),
                 max_batch: usize::from(args.batch_size),
                 rate_limit_per_second: args.rate_limit,
                 ..defaults.clb
@@ -86,6 +92,14 @@ impl From<RunArgs> for Config {
             leader,
             ..defaults
         }
+    }
+}
+
+fn parse_api(s: &str) -> Result<ClbApi, String> {
+    match s {
+        "v3" => Ok(ClbApi::V3),
+        "v2" => Ok(ClbApi::V2),
+        other => Err(format!("unknown CLB API {other:?}: use v3 or v2")),
     }
 }
 
@@ -112,6 +126,16 @@ mod tests {
         let config: Config = Cli::parse_from(["clb-operator"]).run.into();
         let defaults = Config::default();
         assert_eq!(config.clb, defaults.clb);
+        assert_eq!(
+            (config.api, config.clb.endpoint.as_str()),
+            (ClbApi::V3, "https://clb.tencentcloudapi.com/")
+        );
+        let legacy: Config = Cli::parse_from(["clb-operator", "--clb-api", "v2"]).run.into();
+        assert_eq!(
+            (legacy.api, legacy.clb.endpoint.as_str()),
+            (ClbApi::V2, "https://lb.api.qcloud.com/v2/index.php")
+        );
+        assert!(Cli::try_parse_from(["clb-operator", "--clb-api", "v4"]).is_err());
         assert_eq!(
             (config.http_addr, config.concurrency, config.resync),
             (defaults.http_addr, 8, defaults.resync)

@@ -17,79 +17,91 @@ use super::{
 };
 use crate::{
     api::{ClbBackendBinding, ClbBackendBindingStatus, DEREGISTERED_AT_ANNOTATION, MANAGER},
-    clb::{self, BatchOutcome, ClbClient, ClbError, Submitted},
+    clb::cloud::{Batch, Cloud, CloudError, Submitted, Target, TaskState},
 };
 
-/// Polls the running tasks that are due. Returns the finished ones as (requestId, succeeded), and the problem
-/// if a poll failed (the remaining tasks wait for the next reconcile).
-pub async fn poll(
-    ctx: &Context,
-    clb: &ClbClient,
-    key: &Key,
-    running: &[u64],
-) -> (Vec<(u64, bool)>, Option<Problem>) {
-    let mut finished = Vec::new();
-    for &request_id in running.iter().filter(|id| ctx.polls.is_due(**id)) {
-        let state = match clb.task_result(request_id).await {
+/// Polls the running tasks that are due. Returns the finished ones as (requestId, succeeded), those the API does
+/// not know (to be confirmed from the targets), and the problem if a poll failed (the remaining tasks wait for
+/// the next reconcile).
+pub async fn poll(ctx: &Context, cloud: &dyn Cloud, key: &Key, running: &[String]) -> Polled {
+    let mut polled = Polled::default();
+    for request_id in running.iter().filter(|id| ctx.polls.is_due(id)) {
+        let state = match cloud.task(request_id).await {
             Ok(state) => state,
             Err(e) => {
                 warn!(binding = %key, request_id, kind = e.kind(), error = %e, "Polling a CLB task failed");
-                return (finished, Some(problem_from(&e)));
+                polled.problem = Some(problem_from(&e));
+                return polled;
             }
         };
         match state {
-            clb::TaskState::Running => ctx.polls.polled(request_id),
-            clb::TaskState::Succeeded | clb::TaskState::Failed => {
+            TaskState::Running => ctx.polls.polled(request_id),
+            TaskState::Succeeded | TaskState::Failed => {
                 ctx.polls.finished(request_id);
-                finished.push((request_id, state == clb::TaskState::Succeeded));
+                polled.finished.push((request_id.clone(), state == TaskState::Succeeded));
+            }
+            TaskState::Unknown => {
+                ctx.polls.finished(request_id);
+                polled.unknown.push(request_id.clone());
             }
         }
     }
-    (finished, None)
+    polled
 }
 
-/// Submits Deregister tasks for `leaving`, in batches.
+/// What polling found.
+#[derive(Debug, Default)]
+pub struct Polled {
+    /// Finished tasks: (requestId, succeeded).
+    pub finished: Vec<(String, bool)>,
+    /// Tasks the API does not know.
+    pub unknown: Vec<String>,
+    /// Why polling stopped early.
+    pub problem: Option<Problem>,
+}
+
+/// Submits Deregister tasks for `leaving`, in as few calls as the API allows.
 pub async fn deregister(
     ctx: &Context,
-    clb: &ClbClient,
+    cloud: &dyn Cloud,
     key: &Key,
     lb: &str,
     leaving: &[Leave],
 ) -> Vec<Outcome<Leave>> {
-    let ids: Vec<String> = leaving.iter().map(|l| l.instance.clone()).collect();
-    let batches = clb.deregister(lb, &ids).await;
+    let targets: Vec<Target> = leaving.iter().map(|l| l.target.clone()).collect();
+    let batches = cloud.deregister(lb, &targets).await;
     outcomes(
         ctx,
         key,
         "Deregister",
         batches,
         leaving,
-        |l| &l.instance,
+        |l| &l.target,
         |batch| {
-            info!(binding = %key, instances = batch.len(), "Already gone from the load balancer");
+            info!(binding = %key, targets = batch.len(), "Already gone from the load balancer");
             Outcome::Gone(batch)
         },
     )
 }
 
-/// Submits Register tasks for `joining` with `weight`, in batches.
+/// Submits Register tasks for `joining` with `weight`, in as few calls as the API allows.
 pub async fn register(
     ctx: &Context,
-    clb: &ClbClient,
+    cloud: &dyn Cloud,
     key: &Key,
     lb: &str,
     joining: &[Join],
     weight: u32,
 ) -> Vec<Outcome<Join>> {
-    let backends: Vec<(String, u32)> = joining.iter().map(|j| (j.instance.clone(), weight)).collect();
-    let batches = clb.register(lb, &backends).await;
+    let targets: Vec<Target> = joining.iter().map(|j| j.target.clone()).collect();
+    let batches = cloud.register(lb, &targets, weight).await;
     outcomes(
         ctx,
         key,
         "Register",
         batches,
         joining,
-        |j| &j.instance,
+        |j| &j.target,
         |_| {
             let message = format!("load balancer {lb} does not exist");
             Outcome::Failed(Problem { reason: reasons::LOAD_BALANCER_NOT_FOUND, message })
@@ -97,25 +109,25 @@ pub async fn register(
     )
 }
 
-/// Turns the batches of a submission into outcomes over `items`; accepted tasks are scheduled for polling.
+/// Turns the calls of a submission into outcomes over `items`; accepted tasks are scheduled for polling.
 fn outcomes<T: Clone>(
     ctx: &Context,
     key: &Key,
     action: &'static str,
-    batches: Vec<BatchOutcome>,
+    batches: Vec<Batch>,
     items: &[T],
-    instance: impl Fn(&T) -> &String,
+    target: impl Fn(&T) -> &Target,
     gone: impl Fn(Vec<T>) -> Outcome<T>,
 ) -> Vec<Outcome<T>> {
     batches
         .into_iter()
         .map(|outcome| {
             let batch: Vec<T> =
-                items.iter().filter(|i| outcome.instance_ids.contains(instance(i))).cloned().collect();
+                items.iter().filter(|i| outcome.targets.contains(target(i))).cloned().collect();
             match outcome.result {
-                Ok(Submitted::Task { request_id }) => {
-                    info!(binding = %key, request_id, instances = batch.len(), "{action} submitted");
-                    ctx.polls.submitted(request_id);
+                Ok(Submitted::Task(request_id)) => {
+                    info!(binding = %key, request_id, targets = batch.len(), "{action} submitted");
+                    ctx.polls.submitted(&request_id);
                     Outcome::Task { request_id, batch }
                 }
                 Ok(Submitted::AlreadyGone) => gone(batch),
@@ -168,12 +180,14 @@ pub async fn mark_nodes(ctx: &Context, marks: &[(String, Option<String>)]) {
     }
 }
 
-/// The condition a CLB error shows as. Messages come from [`ClbError`]'s Display, which carries no secrets.
-pub fn problem_from(e: &ClbError) -> Problem {
-    let reason = match (e.code(), e.kind()) {
-        (Some(5000), _) => reasons::LOAD_BALANCER_NOT_FOUND,
-        (_, "auth") => reasons::AUTH_FAILED,
-        _ => reasons::CLB_API_ERROR,
+/// The condition a CLB error shows as. Messages come from [`CloudError`]'s Display, which carries no secrets.
+pub fn problem_from(e: &CloudError) -> Problem {
+    let reason = if e.lb_not_found() {
+        reasons::LOAD_BALANCER_NOT_FOUND
+    } else if e.is_auth() {
+        reasons::AUTH_FAILED
+    } else {
+        reasons::CLB_API_ERROR
     };
     Problem { reason, message: e.to_string() }
 }

@@ -3,14 +3,26 @@
 use std::{net::SocketAddr, time::Duration};
 
 use super::{backoff::Exponential, leader::LeaseSettings, settle::Settle};
-use crate::clb::{ClientConfig, PollBackoff};
+use crate::clb::{ClientConfig, PollBackoff, cloud::ClbApi};
+
+/// The endpoint of `api` on Tencent Cloud.
+pub fn default_endpoint(api: ClbApi) -> url::Url {
+    let url = match api {
+        ClbApi::V3 => crate::clb::v3::DEFAULT_ENDPOINT,
+        ClbApi::V2 => crate::clb::DEFAULT_ENDPOINT,
+    };
+    // NB: both are constants that parse; a failure would be a typo caught by the unit test below.
+    url::Url::parse(url).unwrap_or_else(|_| ClientConfig::default().endpoint)
+}
 
 /// Everything `run` needs to know; the command line fills it, and tests write `Config { .., ..Default::default() }`.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// Watch bindings (and their pods and Secrets) in this namespace only; all namespaces when `None`.
     pub namespace: Option<String>,
-    /// How the CLB is called: endpoint, batch size, rate limit, retries.
+    /// Which CLB API is spoken: 3.0 (the default) or the legacy 2.0.
+    pub api: ClbApi,
+    /// How the CLB is called: the endpoint (of the API spoken), batch size (API 2.0), rate limit, retries.
     pub clb: ClientConfig,
     /// Address serving /healthz, /readyz and /metrics.
     pub http_addr: SocketAddr,
@@ -38,7 +50,8 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             namespace: None,
-            clb: ClientConfig::default(),
+            api: ClbApi::V3,
+            clb: ClientConfig { endpoint: default_endpoint(ClbApi::V3), ..ClientConfig::default() },
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             concurrency: 8,
             resync: Duration::from_secs(300),

@@ -24,7 +24,7 @@ use super::{
 };
 use crate::{
     api::{ClbBackendBinding, MANAGER},
-    clb::{ClbClient, Credentials},
+    clb::{Credentials, cloud::Clouds},
     metrics::Metrics,
 };
 
@@ -52,8 +52,9 @@ pub struct Context {
     pub caches: Caches,
     /// Which bindings each node and pod event concerns; written by each reconcile, read by the watch mappers.
     pub index: BindingIndex,
-    /// CLB client: one HTTP client and one set of rate limiters; region and credentials are set per binding.
-    pub clb: ClbClient,
+    /// CLB client of the API spoken: one HTTP client and one set of rate limiters; region and credentials are
+    /// set per binding.
+    pub clb: Clouds,
     /// The operator's own credentials, used by bindings without a Secret.
     pub default_credentials: Option<Credentials>,
     /// Event publisher; one shared recorder so that repeated events aggregate.
@@ -75,7 +76,7 @@ impl Context {
     pub fn new(
         client: Client,
         caches: Caches,
-        clb: ClbClient,
+        clb: Clouds,
         default_credentials: Option<Credentials>,
         config: Config,
         polls: PollSchedule,

@@ -16,7 +16,10 @@ use super::{
     plan::{self, Plan},
     status::{Problem, reasons},
 };
-use crate::api::{BackendState, ClbBackendBindingStatus, IntentRecord, TaskAction, TaskRecord, TaskState};
+use crate::{
+    api::{BackendState, ClbBackendBindingStatus, IntentRecord, TaskAction, TaskRecord, TaskState},
+    clb::cloud::Target,
+};
 
 /// What a retry is made from: the spec generation, the Secret's version, the retry annotation and the planned
 /// changes. The same cause after a problem waits out the backoff; a different one is tried at once.
@@ -24,10 +27,10 @@ pub fn cause(generation: Option<i64>, secret: Option<&str>, retry: Option<&str>,
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (generation, secret, retry).hash(&mut h);
     for leave in &plan.deregister {
-        (&leave.instance, &leave.reason).hash(&mut h);
+        (&leave.target, &leave.reason).hash(&mut h);
     }
     for join in &plan.join {
-        (&join.instance, &join.node).hash(&mut h);
+        (&join.target, &join.node).hash(&mut h);
     }
     h.finish()
 }
@@ -49,29 +52,30 @@ pub fn intent_bound(tasks: &[TaskRecord]) -> Duration {
 /// What the load balancer tells about intents left by a crash.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IntentVerdict {
-    /// Per attempt, the instances whose change shows (a Deregister's gone, a Register's there).
-    pub shown: Vec<(String, Vec<String>)>,
+    /// Per attempt, the targets whose change shows (a Deregister's gone, a Register's there).
+    pub shown: Vec<(String, Vec<Target>)>,
     /// Attempts whose bound has passed: their remaining instances are planned afresh (submitted again once).
     pub expired: Vec<String>,
     /// Until the first remaining bound passes, if any attempt still waits.
     pub wait: Option<Duration>,
 }
 
-/// Judges intents against the instances `on_lb` holds at `now`, each given `bound` from its time.
+/// Judges intents against the targets `on_lb` holds at `now`, each given `bound` from its time.
 pub fn intents(
     intents: &[IntentRecord],
-    on_lb: &BTreeSet<String>,
+    on_lb: &BTreeSet<Target>,
     now: Timestamp,
     bound: Duration,
 ) -> IntentVerdict {
     let mut v = IntentVerdict::default();
     for intent in intents {
-        let shows = |id: &String| match intent.action {
-            TaskAction::Deregister => !on_lb.contains(id),
-            TaskAction::Register => on_lb.contains(id),
+        let shows = |t: &Target| match intent.action {
+            TaskAction::Deregister => !on_lb.contains(t),
+            TaskAction::Register => on_lb.contains(t),
         };
-        let shown: Vec<String> = intent.instance_ids.iter().filter(|id| shows(id)).cloned().collect();
-        let all_shown = shown.len() == intent.instance_ids.len();
+        let targets = plan::recorded_targets(&intent.instance_ids, &intent.targets);
+        let shown: Vec<Target> = targets.iter().filter(|t| shows(t)).cloned().collect();
+        let all_shown = shown.len() == targets.len();
         if !shown.is_empty() {
             v.shown.push((intent.attempt.clone(), shown));
         }
@@ -87,13 +91,24 @@ pub fn intents(
     v
 }
 
-/// The plan without instances that an intent still waits for: they are neither submitted again nor planned the
+/// The plan without targets that an intent still waits for: they are neither submitted again nor planned the
 /// other way until the intent is resolved.
 pub fn without_intents(mut plan: Plan, intents: &[IntentRecord]) -> Plan {
-    let held = |id: &String| intents.iter().any(|i| i.instance_ids.contains(id));
-    plan.deregister.retain(|l| !held(&l.instance));
-    plan.join.retain(|j| !held(&j.instance));
+    let held: BTreeSet<Target> =
+        intents.iter().flat_map(|i| plan::recorded_targets(&i.instance_ids, &i.targets)).collect();
+    plan.deregister.retain(|l| !held.contains(&l.target));
+    plan.join.retain(|j| !held.contains(&j.target));
     plan
+}
+
+/// Whether a task the API does not know (a write that was no task) did what it was for, judged from the
+/// targets `on_lb` holds: a Deregister's are all gone, a Register's all there.
+pub fn confirmed(task: &TaskRecord, on_lb: &BTreeSet<Target>) -> bool {
+    let targets = plan::recorded_targets(&task.instance_ids, &task.targets);
+    match task.action {
+        TaskAction::Deregister => targets.iter().all(|t| !on_lb.contains(t)),
+        TaskAction::Register => targets.iter().all(|t| on_lb.contains(t)),
+    }
 }
 
 /// Whether the CLB may be asked now.
@@ -179,7 +194,10 @@ pub fn failed_task_problem(status: &ClbBackendBindingStatus, now: Timestamp) -> 
 /// How much a problem outweighs others, when a reconcile met several: what the user must fix first.
 fn severity(problem: &Problem) -> u8 {
     match problem.reason {
-        reasons::INVALID_SPEC => 6,
+        reasons::INVALID_SPEC
+        | reasons::LOAD_BALANCER_TYPE_MISMATCH
+        | reasons::LISTENER_NOT_FOUND
+        | reasons::SERVICE_PORT_NOT_FOUND => 6,
         reasons::CREDENTIALS_NOT_FOUND => 5,
         reasons::AUTH_FAILED => 4,
         reasons::LOAD_BALANCER_NOT_FOUND => 3,
@@ -256,6 +274,7 @@ pub fn next_delay(t: &Timers) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clb::cloud::Target;
     use crate::controller::{
         fixtures::backend,
         plan::{Join, Leave},
@@ -268,7 +287,8 @@ mod tests {
 
     fn failed(action: TaskAction, at: i64) -> TaskRecord {
         TaskRecord {
-            request_id: 9,
+            request_id: "9".into(),
+            targets: vec![],
             action,
             instance_ids: vec!["ins-a".into()],
             state: TaskState::Failed,
@@ -286,6 +306,7 @@ mod tests {
             attempt: "a1".into(),
             action,
             instance_ids: ids.iter().map(|i| i.to_string()).collect(),
+            targets: vec![],
             at: Time(t(at)),
         }
     }
@@ -295,15 +316,15 @@ mod tests {
     #[test]
     fn intents_are_confirmed_not_repeated() {
         let bound = Duration::from_secs(30);
-        let lb = |ids: &[&str]| ids.iter().map(|i| i.to_string()).collect::<BTreeSet<_>>();
+        let lb = |ids: &[&str]| ids.iter().map(|i| Target::classic(*i)).collect::<BTreeSet<_>>();
         let gone = intent(TaskAction::Deregister, &["ins-a", "ins-b"], 100);
         let v = intents(std::slice::from_ref(&gone), &lb(&["ins-c"]), t(101), bound);
-        assert_eq!(v.shown, [("a1".to_owned(), vec!["ins-a".to_owned(), "ins-b".to_owned()])]);
+        assert_eq!(v.shown, [("a1".to_owned(), vec![Target::classic("ins-a"), Target::classic("ins-b")])]);
         assert_eq!((v.expired.len(), v.wait), (0, None), "nothing left to wait for");
 
         // Never shows: wait until the bound, then give up exactly once.
         let stuck = intent(TaskAction::Deregister, &["ins-a"], 100);
-        let leave = Leave { instance: "ins-a".into(), reason: "NodeDeleted".into() };
+        let leave = Leave { target: Target::classic("ins-a"), reason: "NodeDeleted".into() };
         let planned = || Plan { deregister: vec![leave.clone()], join: vec![] };
         let mut resubmissions = 0;
         let mut pending = vec![stuck];
@@ -324,8 +345,34 @@ mod tests {
         // A Register shows when the instance is there; partly shown intents keep waiting for the rest.
         let join = intent(TaskAction::Register, &["ins-a", "ins-b"], 100);
         let v = intents(&[join], &lb(&["ins-a"]), t(110), bound);
-        assert_eq!(v.shown, [("a1".to_owned(), vec!["ins-a".to_owned()])]);
+        assert_eq!(v.shown, [("a1".to_owned(), vec![Target::classic("ins-a")])]);
         assert_eq!(v.wait, Some(Duration::from_secs(20)));
+    }
+
+    /// A task the API does not know is confirmed from the targets: per listener target, not per instance.
+    #[test]
+    fn unknown_tasks_are_confirmed_from_the_targets() {
+        use crate::{api::TargetRef, clb::cloud::Placement};
+        let on = |listener: &str| Target {
+            instance: "ins-a".into(),
+            at: Some(Placement { listener_id: listener.into(), location_id: None, port: 80 }),
+        };
+        let reference = |listener: &str| TargetRef {
+            instance_id: "ins-a".into(),
+            listener_id: listener.into(),
+            location_id: None,
+            port: 80,
+        };
+        let mut task = failed(TaskAction::Deregister, 100);
+        task.targets = vec![reference("lbl-1"), reference("lbl-2")];
+        assert!(!confirmed(&task, &BTreeSet::from([on("lbl-2")])), "one listener still has it");
+        assert!(confirmed(&task, &BTreeSet::from([on("lbl-3")])));
+        task.action = TaskAction::Register;
+        assert!(confirmed(&task, &BTreeSet::from([on("lbl-1"), on("lbl-2")])));
+        assert!(!confirmed(&task, &BTreeSet::from([on("lbl-1")])));
+        // A classic task (no targets recorded) is judged by its instances.
+        task.targets.clear();
+        assert!(confirmed(&task, &BTreeSet::from([Target::classic("ins-a")])));
     }
 
     /// The bound follows recent task durations, within 10 s and 2 min.
@@ -366,8 +413,10 @@ mod tests {
     #[test]
     fn causes() {
         let plan = Plan::default();
-        let other =
-            Plan { join: vec![Join { instance: "ins-a".into(), node: "a".into() }], ..Plan::default() };
+        let other = Plan {
+            join: vec![Join { target: Target::classic("ins-a"), node: "a".into() }],
+            ..Plan::default()
+        };
         let base = cause(Some(1), Some("5"), None, &plan);
         assert_eq!(base, cause(Some(1), Some("5"), None, &Plan::default()));
         for changed in [
@@ -383,7 +432,7 @@ mod tests {
     /// Table: what happens to planned work of one action.
     #[test]
     fn steps() {
-        let leave = || vec![Leave { instance: "ins-a".into(), reason: "NodeDeleted".into() }];
+        let leave = || vec![Leave { target: Target::classic("ins-a"), reason: "NodeDeleted".into() }];
         let history = [failed(TaskAction::Deregister, 100)];
         use TaskAction::*;
         type Case<'a> = (Vec<Leave>, TaskAction, &'a [TaskRecord], i64, bool, Step<Leave>);

@@ -48,6 +48,12 @@ pub fn credentials_problem(problem: &Problem) -> Note {
     Note::new(EventType::Warning, problem.reason, "Authenticate", problem.message.clone())
 }
 
+/// The spec does not fit the load balancer (its type, a listener or rule, a Service's NodePort): nothing is
+/// written until it does.
+pub fn spec_problem(problem: &Problem) -> Note {
+    Note::new(EventType::Warning, problem.reason, "Check", problem.message.clone())
+}
+
 /// A deleting binding released by the force-finalize annotation.
 pub fn force_finalized(lb: &str, owned: &[String]) -> Note {
     let what = match owned {
@@ -73,7 +79,13 @@ pub fn retained(lb: &str, owned: &[String]) -> Note {
 }
 
 /// A CLB task finished.
-pub fn task_finished(action: TaskAction, succeeded: bool, ids: &[String], lb: &str, request_id: u64) -> Note {
+pub fn task_finished(
+    action: TaskAction,
+    succeeded: bool,
+    ids: &[String],
+    lb: &str,
+    request_id: &str,
+) -> Note {
     let ids = ids.join(", ");
     let action_name = match action {
         TaskAction::Register => "Register",
@@ -109,10 +121,10 @@ mod tests {
     #[test]
     fn texts() {
         let ids = ["ins-a".to_owned(), "ins-b".to_owned()];
-        let n = task_finished(TaskAction::Deregister, true, &ids, "lb-1", 1001);
+        let n = task_finished(TaskAction::Deregister, true, &ids, "lb-1", "1001");
         assert_eq!((n.reason, n.action), ("Deregistered", "Deregister"));
         assert_eq!(n.text, "deregistered ins-a, ins-b from lb-1 (task 1001)");
-        let n = task_finished(TaskAction::Register, false, &ids[..1], "lb-1", 7);
+        let n = task_finished(TaskAction::Register, false, &ids[..1], "lb-1", "7");
         assert_eq!((n.type_, n.reason), (EventType::Warning, "TaskFailed"));
         assert_eq!(n.text, "Register of ins-a on lb-1 failed (task 7); retrying with backoff");
         assert_eq!(

@@ -53,6 +53,7 @@ pub fn spec(targets: Targets) -> ClbBackendBindingSpec {
         region: "gz".into(),
         credentials_secret_ref: None,
         targets,
+        listeners: Vec::new(),
         weight: 10,
         drain: DrainPolicy::default(),
         deletion_policy: DeletionPolicy::Deregister,
@@ -61,5 +62,14 @@ pub fn spec(targets: Targets) -> ClbBackendBindingSpec {
 
 /// An owned backend on `node`, in `state`, with no task.
 pub fn backend(id: &str, node: &str, state: BackendState) -> BackendStatus {
-    BackendStatus { instance_id: id.into(), node: Some(node.into()), state, request_id: None, reason: None }
+    BackendStatus {
+        instance_id: id.into(),
+        listener_id: None,
+        location_id: None,
+        port: None,
+        node: Some(node.into()),
+        state,
+        request_id: None,
+        reason: None,
+    }
 }

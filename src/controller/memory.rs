@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::{backoff::Exponential, status::Problem};
 use crate::{
     api::{ClbBackendBinding, ClbBackendBindingStatus},
-    clb::Credentials,
+    clb::{Credentials, cloud::LoadBalancerView},
 };
 
 /// A binding's key in the caches.
@@ -40,9 +40,11 @@ struct BindingMemory {
     /// Warnings published already (`reason:text`), so that a condition seen on every reconcile is told once.
     reported: HashSet<String>,
     /// For Deregister tasks this process submitted: when the signals behind their instances were seen.
-    signals: HashMap<u64, Vec<Instant>>,
+    signals: HashMap<String, Vec<Instant>>,
     /// Credentials read from the binding's Secret, with the Secret's resourceVersion.
     credentials: Option<(String, Credentials)>,
+    /// What the load balancer is (kind, listeners, rules), with the spec generation it was checked for.
+    load_balancer: Option<(Option<i64>, LoadBalancerView)>,
 }
 
 /// The status this operator last wrote for a binding, and the resourceVersion that write produced.
@@ -202,13 +204,23 @@ impl Memory {
     }
 
     /// Remembers when the signals behind a submitted Deregister task were seen.
-    pub fn deregister_submitted(&self, key: &Key, request_id: u64, signals: Vec<Instant>) {
-        self.with(key, |m| m.signals.insert(request_id, signals));
+    pub fn deregister_submitted(&self, key: &Key, request_id: &str, signals: Vec<Instant>) {
+        self.with(key, |m| m.signals.insert(request_id.to_owned(), signals));
     }
 
     /// The signal times of a finished Deregister task, if this process submitted it.
-    pub fn deregister_finished(&self, key: &Key, request_id: u64) -> Vec<Instant> {
-        self.with(key, |m| m.signals.remove(&request_id).unwrap_or_default())
+    pub fn deregister_finished(&self, key: &Key, request_id: &str) -> Vec<Instant> {
+        self.with(key, |m| m.signals.remove(request_id).unwrap_or_default())
+    }
+
+    /// What the load balancer was found to be for spec `generation`, if it was looked at.
+    pub fn load_balancer(&self, key: &Key, generation: Option<i64>) -> Option<LoadBalancerView> {
+        self.with(key, |m| m.load_balancer.as_ref().filter(|(g, _)| *g == generation).map(|(_, v)| v.clone()))
+    }
+
+    /// Remembers what the load balancer is for spec `generation`.
+    pub fn looked_at_load_balancer(&self, key: &Key, generation: Option<i64>, view: LoadBalancerView) {
+        self.with(key, |m| m.load_balancer = Some((generation, view)));
     }
 
     /// The credentials read from the binding's Secret at `version`, if that is what is remembered.
@@ -311,7 +323,7 @@ mod tests {
         let _ = m.troubled(&k, problem(), 1, &BACKOFF, Instant::now());
         m.settling(&k, true, Instant::now());
         assert!(m.first_report(&k, "InstanceIdMissing:node-a".into()));
-        m.deregister_submitted(&k, 1001, vec![Instant::now()]);
+        m.deregister_submitted(&k, "1001", vec![Instant::now()]);
         m.read_credentials(&k, "7".into(), Credentials::new("AKID", "key", None));
         m.unwritten(&k, &ClbBackendBindingStatus::default());
         assert_eq!(m.len(), 1);

@@ -14,6 +14,7 @@ pub mod fixtures;
 pub mod http;
 pub mod index;
 pub mod leader;
+pub mod listeners;
 pub mod membership;
 pub mod memory;
 pub mod observe;

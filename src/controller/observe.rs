@@ -8,7 +8,7 @@ use std::{
 };
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::{
     Api, ResourceExt,
     runtime::reflector::{ObjectRef, Store},
@@ -26,7 +26,10 @@ use super::{
 };
 use crate::{
     api::{ClbBackendBinding, ClbBackendBindingStatus, DEREGISTERED_AT_ANNOTATION, RETRY_ANNOTATION},
-    clb::{ClbClient, ClbError, Credentials},
+    clb::{
+        Credentials,
+        cloud::{Cloud, CloudError, LoadBalancerView, Target},
+    },
 };
 
 /// How long a reconcile waits for the pod cache to list a namespace new to it before it gives up and retries.
@@ -53,8 +56,8 @@ pub struct Observed {
     pub looked_at: BTreeSet<String>,
     /// Nodes of owned backends that still exist in the cache.
     pub existing: BTreeSet<String>,
-    /// The CLB client for the binding's region and credentials, or why there is none.
-    pub clb: std::result::Result<ClbClient, Problem>,
+    /// The CLB API for the binding's region and credentials, or why there is none.
+    pub clb: std::result::Result<Box<dyn Cloud>, Problem>,
     /// The credentials Secret's resourceVersion, when one is used and known.
     pub secret_version: Option<String>,
 }
@@ -106,7 +109,7 @@ pub async fn deleting(ctx: &Context, binding: Arc<ClbBackendBinding>) -> Result<
     let namespace = binding.namespace().unwrap_or_default();
     let (status, stored) = ctx.memory.statuses(&binding);
     let (credentials, secret_version) = credentials(ctx, &key, &binding).await?;
-    let clb = credentials.map(|c| ctx.clb.with_credentials(c).with_region(&binding.spec.region));
+    let clb = credentials.map(|c| ctx.clb.for_binding(c, &binding.spec.region));
     Ok(Observed {
         binding,
         key,
@@ -226,9 +229,52 @@ pub fn credentials_from_secret(
     Ok(Credentials::new(id, key, value("token")))
 }
 
-/// The instances the load balancer holds now.
-pub async fn load_balancer(clb: &ClbClient, lb: &str) -> std::result::Result<BTreeSet<String>, ClbError> {
-    Ok(clb.describe_backends(lb).await?.into_iter().map(|b| b.instance_id).collect())
+/// The targets the load balancer holds now on the listeners the binding names or owns targets on (or, with
+/// none, its instances).
+pub async fn load_balancer(
+    cloud: &dyn Cloud,
+    binding: &ClbBackendBinding,
+    status: &ClbBackendBindingStatus,
+) -> std::result::Result<BTreeSet<Target>, CloudError> {
+    let named = binding.spec.listeners.iter().map(|l| l.listener_id.clone());
+    let owned = status.backends.iter().filter_map(|b| b.listener_id.clone());
+    let recorded = (status.intents.iter().flat_map(|i| &i.targets))
+        .chain(status.tasks.iter().flat_map(|t| &t.targets))
+        .map(|t| t.listener_id.clone());
+    let listeners: BTreeSet<String> = named.chain(owned).chain(recorded).collect();
+    let listeners: Vec<String> = listeners.into_iter().collect();
+    cloud.targets(&binding.spec.load_balancer_id, &listeners).await
+}
+
+/// What the load balancer is, read now. `Ok(None)`: it does not exist.
+pub async fn load_balancer_view(
+    cloud: &dyn Cloud,
+    binding: &ClbBackendBinding,
+) -> std::result::Result<Option<LoadBalancerView>, Problem> {
+    cloud.describe(&binding.spec.load_balancer_id).await.map_err(|e| super::act::problem_from(&e))
+}
+
+/// The NodePorts of the Services the binding's listeners name, by (Service, port); a Service or port that is
+/// missing is left out (the placement step reports it).
+pub async fn node_ports(ctx: &Context, binding: &ClbBackendBinding) -> Result<BTreeMap<(String, i32), i32>> {
+    let ns = binding.namespace().unwrap_or_default();
+    let names: BTreeSet<&str> =
+        binding.spec.listeners.iter().filter_map(|l| l.service.as_ref()).map(|s| s.name.as_str()).collect();
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut out = BTreeMap::new();
+    for name in names {
+        let Some(service) =
+            services.get_opt(name).await.map_err(Error::kube("reading a listener's Service"))?
+        else {
+            continue;
+        };
+        for port in service.spec.into_iter().flat_map(|s| s.ports.unwrap_or_default()) {
+            if let Some(node_port) = port.node_port {
+                out.insert((name.to_owned(), port.port), node_port);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// How much longer the binding holds back for changes to settle (`None`: submit now); notes in the memory since

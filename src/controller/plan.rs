@@ -1,6 +1,10 @@
-//! Pure change planning: what to deregister, what to register or adopt, and when a failed action may retry.
+//! Pure change planning: which targets should serve, what to deregister, what to register or adopt, and when a
+//! failed action may retry.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use jiff::Timestamp;
 
@@ -8,24 +12,100 @@ use super::{
     backoff::Exponential,
     membership::{LeaveReason, Membership},
 };
-use crate::api::{BackendState, BackendStatus, TaskAction, TaskRecord, TaskState};
+use crate::{
+    api::{BackendState, BackendStatus, TargetRef, TaskAction, TaskRecord, TaskState},
+    clb::cloud::{Placement, Target},
+};
 
-/// An owned instance that must leave the load balancer.
+/// An owned target that must leave the load balancer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Leave {
-    /// CVM instance ID.
-    pub instance: String,
+    /// The instance, and where it is bound.
+    pub target: Target,
     /// Why it leaves, as recorded in the status (e.g. `NodeDeleted`, `Taint/ToBeDeletedByClusterAutoscaler`).
     pub reason: String,
 }
 
-/// A desired instance the binding does not own yet.
+/// A desired target the binding does not own yet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Join {
-    /// CVM instance ID.
-    pub instance: String,
+    /// The instance, and where it is to be bound.
+    pub target: Target,
     /// The node it belongs to.
     pub node: String,
+}
+
+/// Why an instance that still serves leaves one of its places: the spec's listeners or ports changed.
+pub const SPEC_CHANGED: &str = "SpecChanged";
+
+/// The target an owned backend is.
+pub fn target_of(b: &BackendStatus) -> Target {
+    let at = match (&b.listener_id, b.port) {
+        (Some(listener_id), Some(port)) => {
+            Some(Placement { listener_id: listener_id.clone(), location_id: b.location_id.clone(), port })
+        }
+        _ => None,
+    };
+    Target { instance: b.instance_id.clone(), at }
+}
+
+/// A backend entry for `target`.
+pub fn backend(
+    target: &Target,
+    node: Option<String>,
+    state: BackendState,
+    request_id: Option<String>,
+) -> BackendStatus {
+    let at = target.at.as_ref();
+    BackendStatus {
+        instance_id: target.instance.clone(),
+        listener_id: at.map(|a| a.listener_id.clone()),
+        location_id: at.and_then(|a| a.location_id.clone()),
+        port: at.map(|a| a.port),
+        node,
+        state,
+        request_id,
+        reason: None,
+    }
+}
+
+/// The status form of a target on a listener (`None` on a classic CLB).
+pub fn target_ref(t: &Target) -> Option<TargetRef> {
+    let at = t.at.as_ref()?;
+    Some(TargetRef {
+        instance_id: t.instance.clone(),
+        listener_id: at.listener_id.clone(),
+        location_id: at.location_id.clone(),
+        port: at.port,
+    })
+}
+
+/// The targets a task or intent recorded: its listener targets, or its instances on a classic CLB.
+pub fn recorded_targets(instance_ids: &[String], targets: &[TargetRef]) -> Vec<Target> {
+    if targets.is_empty() {
+        return instance_ids.iter().map(Target::classic).collect();
+    }
+    let at = |r: &TargetRef| Placement {
+        listener_id: r.listener_id.clone(),
+        location_id: r.location_id.clone(),
+        port: r.port,
+    };
+    targets.iter().map(|r| Target { instance: r.instance_id.clone(), at: Some(at(r)) }).collect()
+}
+
+/// Every target that should serve, with its node: each desired instance at each placement, or on its own for a
+/// classic CLB (no placements).
+pub fn desired_targets(membership: &Membership, placements: &[Placement]) -> BTreeMap<Target, String> {
+    let mut out = BTreeMap::new();
+    for (instance, node) in &membership.desired {
+        if placements.is_empty() {
+            out.insert(Target::classic(instance.clone()), node.clone());
+        }
+        for at in placements {
+            out.insert(Target { instance: instance.clone(), at: Some(at.clone()) }, node.clone());
+        }
+    }
+    out
 }
 
 /// The changes a binding needs, before the CLB is asked which joining instances it already has.
@@ -37,33 +117,40 @@ pub struct Plan {
     pub join: Vec<Join>,
 }
 
-/// Compares what should serve with what the binding owns. Instances with a task in flight are left alone until
-/// the task ends; instances the binding does not own are never planned for removal.
+/// Compares what should serve (`desired`, from [`desired_targets`]) with what the binding owns. Targets with a
+/// task in flight are left alone until the task ends; targets the binding does not own are never planned for
+/// removal.
 pub fn plan(
     backends: &[BackendStatus],
     membership: &Membership,
+    desired: &BTreeMap<Target, String>,
     node_exists: impl Fn(&str) -> bool,
     pod_targeted: bool,
 ) -> Plan {
-    let owned: BTreeSet<&str> = backends.iter().map(|b| b.instance_id.as_str()).collect();
+    let owned: BTreeSet<Target> = backends.iter().map(target_of).collect();
     let deregister = backends
         .iter()
-        .filter(|b| b.state == BackendState::Registered && !membership.desired.contains_key(&b.instance_id))
-        .map(|b| {
-            let reason =
-                membership.leaving.get(&b.instance_id).cloned().unwrap_or_else(|| match b.node.as_deref() {
+        .filter(|b| b.state == BackendState::Registered)
+        .map(|b| (b, target_of(b)))
+        .filter(|(_, t)| !desired.contains_key(t))
+        .map(|(b, target)| {
+            let reason = match membership.leaving.get(&b.instance_id) {
+                Some(signal) => signal.to_string(),
+                None if membership.desired.contains_key(&b.instance_id) => SPEC_CHANGED.to_owned(),
+                None => match b.node.as_deref() {
                     Some(node) if node_exists(node) && pod_targeted => LeaveReason::NoReadyPods,
                     Some(node) if node_exists(node) => LeaveReason::NotSelected,
                     _ => LeaveReason::NodeDeleted,
-                });
-            Leave { instance: b.instance_id.clone(), reason: reason.to_string() }
+                }
+                .to_string(),
+            };
+            Leave { target, reason }
         })
         .collect();
-    let join = membership
-        .desired
+    let join = desired
         .iter()
-        .filter(|(id, _)| !owned.contains(id.as_str()))
-        .map(|(id, node)| Join { instance: id.clone(), node: node.clone() })
+        .filter(|(t, _)| !owned.contains(*t))
+        .map(|(t, node)| Join { target: t.clone(), node: node.clone() })
         .collect();
     Plan { deregister, join }
 }
@@ -75,10 +162,10 @@ impl Plan {
     }
 }
 
-/// Splits joining instances into those already on the load balancer (adopted without a Register call) and
+/// Splits joining targets into those already on the load balancer (adopted without a Register call) and
 /// those to register.
-pub fn split_join(join: Vec<Join>, on_load_balancer: &BTreeSet<String>) -> (Vec<Join>, Vec<Join>) {
-    join.into_iter().partition(|j| on_load_balancer.contains(&j.instance))
+pub fn split_join(join: Vec<Join>, on_load_balancer: &BTreeSet<Target>) -> (Vec<Join>, Vec<Join>) {
+    join.into_iter().partition(|j| on_load_balancer.contains(&j.target))
 }
 
 /// Retries of a failing action: 2 s after the first failed task, doubling with each consecutive one, 5 min at
@@ -106,6 +193,16 @@ mod tests {
 
     use crate::controller::fixtures::backend;
 
+    /// The plan for a classic CLB: each desired instance is one target.
+    fn classic_plan(
+        backends: &[BackendStatus],
+        m: &Membership,
+        node_exists: impl Fn(&str) -> bool,
+        pod_targeted: bool,
+    ) -> Plan {
+        plan(backends, m, &desired_targets(m, &[]), node_exists, pod_targeted)
+    }
+
     fn membership(desired: &[(&str, &str)], leaving: &[(&str, LeaveReason)]) -> Membership {
         Membership {
             desired: desired.iter().map(|(i, n)| (i.to_string(), n.to_string())).collect(),
@@ -127,8 +224,8 @@ mod tests {
             &[("ins-a", "a"), ("ins-e", "e")],
             &[("ins-b", LeaveReason::Taint("karpenter.sh/disrupted".into()))],
         );
-        let p = plan(&backends, &m, |n| n != "c", false);
-        let leave = |i: &str, r: &str| Leave { instance: i.into(), reason: r.into() };
+        let p = classic_plan(&backends, &m, |n| n != "c", false);
+        let leave = |i: &str, r: &str| Leave { target: Target::classic(i), reason: r.into() };
         assert_eq!(
             p.deregister,
             [
@@ -137,8 +234,8 @@ mod tests {
                 leave("ins-d", "NotSelected"),
             ]
         );
-        assert_eq!(p.join, [Join { instance: "ins-e".into(), node: "e".into() }]);
-        let p = plan(&backends[3..], &membership(&[], &[]), |_| true, true);
+        assert_eq!(p.join, [Join { target: Target::classic("ins-e"), node: "e".into() }]);
+        let p = classic_plan(&backends[3..], &membership(&[], &[]), |_| true, true);
         assert_eq!(p.deregister[0].reason, "NoReadyPods");
     }
 
@@ -149,7 +246,7 @@ mod tests {
             backend("ins-a", "a", BackendState::Registering),
             backend("ins-b", "b", BackendState::Deregistering),
         ];
-        let p = plan(&backends, &membership(&[("ins-b", "b")], &[]), |_| true, false);
+        let p = classic_plan(&backends, &membership(&[("ins-b", "b")], &[]), |_| true, false);
         assert_eq!(p, Plan::default());
     }
 
@@ -157,22 +254,26 @@ mod tests {
     #[test]
     fn plan_is_empty_when_in_sync() {
         let backends = [backend("ins-a", "a", BackendState::Registered)];
-        assert_eq!(plan(&backends, &membership(&[("ins-a", "a")], &[]), |_| true, false), Plan::default());
+        assert_eq!(
+            classic_plan(&backends, &membership(&[("ins-a", "a")], &[]), |_| true, false),
+            Plan::default()
+        );
     }
 
     /// Instances already on the load balancer are adopted rather than registered again.
     #[test]
     fn split_join_adopts_instances_already_on_the_load_balancer() {
-        let join = |i: &str, n: &str| Join { instance: i.into(), node: n.into() };
+        let join = |i: &str, n: &str| Join { target: Target::classic(i), node: n.into() };
         let (adopt, register) =
-            split_join(vec![join("ins-a", "a"), join("ins-b", "b")], &["ins-b".into()].into());
+            split_join(vec![join("ins-a", "a"), join("ins-b", "b")], &[Target::classic("ins-b")].into());
         assert_eq!(adopt, [join("ins-b", "b")]);
         assert_eq!(register, [join("ins-a", "a")]);
     }
 
     fn task(action: TaskAction, state: TaskState, completed_secs: i64) -> TaskRecord {
         TaskRecord {
-            request_id: 1,
+            request_id: "1".into(),
+            targets: vec![],
             action,
             instance_ids: vec![],
             state,

@@ -31,7 +31,7 @@ struct Entry {
 
 #[derive(Debug, Default)]
 struct Inner {
-    entries: HashMap<u64, Entry>,
+    entries: HashMap<String, Entry>,
     /// Recent lower bounds of task durations.
     durations: VecDeque<Duration>,
 }
@@ -62,32 +62,34 @@ impl PollSchedule {
     }
 
     /// Records a task just submitted.
-    pub fn submitted(&self, request_id: u64) {
+    pub fn submitted(&self, request_id: &str) {
         let Ok(mut inner) = self.inner.lock() else { return };
         let typical = median(&inner.durations);
         let now = Instant::now();
         let due = now + self.delay(0, typical);
-        inner.entries.insert(request_id, Entry { polls: 0, due, submitted: Some(now), running_for: None });
+        inner
+            .entries
+            .insert(request_id.to_owned(), Entry { polls: 0, due, submitted: Some(now), running_for: None });
     }
 
     /// Records a poll that found the task still running.
-    pub fn polled(&self, request_id: u64) {
+    pub fn polled(&self, request_id: &str) {
         let Ok(mut inner) = self.inner.lock() else { return };
         let typical = median(&inner.durations);
         let now = Instant::now();
-        let entry = inner.entries.get(&request_id).copied();
+        let entry = inner.entries.get(request_id).copied();
         let polls = entry.map_or(1, |e| e.polls + 1);
         let due = now + self.delay(polls, typical);
         let submitted = entry.and_then(|e| e.submitted);
         let running_for = submitted.map(|s| s.elapsed());
-        inner.entries.insert(request_id, Entry { polls, due, submitted, running_for });
+        inner.entries.insert(request_id.to_owned(), Entry { polls, due, submitted, running_for });
     }
 
     /// Forgets a finished task, learning a lower bound of its duration if this process submitted it: the last
     /// time it was seen running, or, if the first poll already found it done, a little less than that poll.
-    pub fn finished(&self, request_id: u64) {
+    pub fn finished(&self, request_id: &str) {
         let Ok(mut inner) = self.inner.lock() else { return };
-        let Some(entry) = inner.entries.remove(&request_id) else { return };
+        let Some(entry) = inner.entries.remove(request_id) else { return };
         let Some(submitted) = entry.submitted else { return };
         let bound = entry.running_for.unwrap_or_else(|| submitted.elapsed().mul_f64(0.8));
         if inner.durations.len() == HISTORY {
@@ -97,21 +99,21 @@ impl PollSchedule {
     }
 
     /// How many times the task has been polled and found running (0 if unknown).
-    pub fn polls(&self, request_id: u64) -> u32 {
-        self.inner.lock().ok().and_then(|i| i.entries.get(&request_id).map(|e| e.polls)).unwrap_or(0)
+    pub fn polls(&self, request_id: &str) -> u32 {
+        self.inner.lock().ok().and_then(|i| i.entries.get(request_id).map(|e| e.polls)).unwrap_or(0)
     }
 
     /// Whether the task should be polled now.
-    pub fn is_due(&self, request_id: u64) -> bool {
+    pub fn is_due(&self, request_id: &str) -> bool {
         self.until_due(request_id).is_zero()
     }
 
     /// Time left until the task's next poll (zero if due or unknown).
-    pub fn until_due(&self, request_id: u64) -> Duration {
+    pub fn until_due(&self, request_id: &str) -> Duration {
         self.inner
             .lock()
             .ok()
-            .and_then(|i| i.entries.get(&request_id).map(|e| e.due.saturating_duration_since(Instant::now())))
+            .and_then(|i| i.entries.get(request_id).map(|e| e.due.saturating_duration_since(Instant::now())))
             .unwrap_or_default()
     }
 }
@@ -130,16 +132,16 @@ mod tests {
     #[test]
     fn unknown_tasks_are_due_at_once_and_new_ones_back_off() {
         let s = PollSchedule::new(PollBackoff::default());
-        assert!(s.is_due(7), "a task recovered after a restart is polled at once");
-        s.submitted(7);
-        assert!(!s.is_due(7));
-        let first = s.until_due(7);
-        s.polled(7);
-        s.polled(7);
-        assert!(s.until_due(7) > first);
-        assert_eq!(s.polls(7), 2);
-        s.finished(7);
-        assert!(s.is_due(7));
+        assert!(s.is_due("7"), "a task recovered after a restart is polled at once");
+        s.submitted("7");
+        assert!(!s.is_due("7"));
+        let first = s.until_due("7");
+        s.polled("7");
+        s.polled("7");
+        assert!(s.until_due("7") > first);
+        assert_eq!(s.polls("7"), 2);
+        s.finished("7");
+        assert!(s.is_due("7"));
     }
 
     /// With history, the first poll lands shortly before the typical duration, then a few short steps follow:

@@ -21,7 +21,7 @@ use super::{
     Context, act,
     decide::{self, Gate, Step, Timers},
     error::{Error, Result},
-    events,
+    events, listeners,
     memory::Key,
     observe::{self, Observed},
     plan::{self, Join, Leave},
@@ -32,7 +32,7 @@ use crate::{
         BackendState, ClbBackendBinding, ClbBackendBindingStatus, DeletionPolicy, FINALIZER,
         FORCE_FINALIZE_ANNOTATION, TaskAction,
     },
-    clb::ClbClient,
+    clb::cloud::{Cloud, LoadBalancerView, Target},
     metrics::BindingCounts,
 };
 
@@ -94,7 +94,8 @@ pub fn error_policy(binding: Arc<ClbBackendBinding>, error: &Error, ctx: Arc<Con
 
 /// Brings a live binding's backends in line with its membership.
 async fn apply(binding: Arc<ClbBackendBinding>, ctx: &Context) -> Result<Action> {
-    // Observe: the binding's status, membership and credentials. Nothing is written.
+    // Observe: the binding's status, membership and credentials, the NodePorts its listeners name. Nothing is
+    // written.
     let seen = observe::binding(ctx, binding).await?;
     ctx.index.update(seen.key.clone(), seen.interest());
     let mut draft = Draft::new(&seen);
@@ -108,14 +109,45 @@ async fn apply(binding: Arc<ClbBackendBinding>, ctx: &Context) -> Result<Action>
     for node in &membership.missing_instance_id {
         ctx.publish_once(&seen.binding, &events::instance_id_missing(node)).await;
     }
-    let desired: BTreeSet<String> = membership.desired.keys().cloned().collect();
+    let spec = &seen.binding.spec;
+    let node_ports = match spec.listeners.iter().any(|l| l.service.is_some()) {
+        true => observe::node_ports(ctx, &seen.binding).await?,
+        false => Default::default(),
+    };
+    let generation = seen.binding.meta().generation;
+    let mut view = ctx.memory.load_balancer(&seen.key, generation);
+    // Until the listeners are known to fit, the count of what should serve is told as the spec asks for it.
+    let guess = listeners::placements(&spec.listeners, view.as_ref(), &node_ports).unwrap_or_default();
+    let desired_guess: BTreeSet<Target> = plan::desired_targets(membership, &guess).into_keys().collect();
     let clb = match &seen.clb {
-        Ok(clb) => clb,
+        Ok(clb) => clb.as_ref(),
         Err(problem) => {
             ctx.publish_once(&seen.binding, &events::credentials_problem(problem)).await;
-            return finish(ctx, &seen, draft, Done::blocked(&seen, desired, problem.clone())).await;
+            return finish(ctx, &seen, draft, Done::blocked(&seen, desired_guess, problem.clone())).await;
         }
     };
+    if clb.api() == "v2" && !spec.listeners.is_empty() {
+        let message = "spec.listeners needs CLB API 3.0; the operator runs with --clb-api v2".to_owned();
+        let problem = Problem { reason: reasons::INVALID_SPEC, message };
+        return finish(ctx, &seen, draft, Done::blocked(&seen, desired_guess, problem)).await;
+    }
+    if view.is_none() && listeners::need_rules(&spec.listeners) {
+        match observe::load_balancer_view(clb, &seen.binding).await {
+            Ok(v) => view = v,
+            Err(problem) => {
+                return finish(ctx, &seen, draft, Done::blocked(&seen, desired_guess, problem)).await;
+            }
+        }
+    }
+    let placements = match listeners::placements(&spec.listeners, view.as_ref(), &node_ports) {
+        Ok(p) => p,
+        Err(problem) => {
+            ctx.publish_once(&seen.binding, &events::spec_problem(&problem)).await;
+            return finish(ctx, &seen, draft, Done::blocked(&seen, desired_guess, problem)).await;
+        }
+    };
+    let wanted = plan::desired_targets(membership, &placements);
+    let desired: BTreeSet<Target> = wanted.keys().cloned().collect();
 
     // Act and record: the running tasks that are due are polled, and what finished is applied; intents left by
     // a crash are confirmed on the load balancer, never blindly repeated.
@@ -124,19 +156,28 @@ async fn apply(binding: Arc<ClbBackendBinding>, ctx: &Context) -> Result<Action>
         confirm_intents(&seen, clb, |id| membership.desired.get(id).cloned(), &mut draft.status).await;
     met.extend(intents.1);
 
-    // Decide: what changes, and whether it goes out now (settling, the problem backoff, failed-task backoff).
-    let planned =
-        plan::plan(&draft.status.backends, membership, |n| seen.existing.contains(n), seen.pod_targeted());
-    let plan = decide::without_intents(planned, &draft.status.intents);
-    let cause = decide::cause(
-        seen.binding.meta().generation,
-        seen.secret_version.as_deref(),
-        seen.retry_requested(),
-        &plan,
+    // Decide: what changes, and whether it goes out now (settling, the problem backoff, failed-task backoff,
+    // and a spec that does not fit the load balancer).
+    let planned = plan::plan(
+        &draft.status.backends,
+        membership,
+        &wanted,
+        |n| seen.existing.contains(n),
+        seen.pod_targeted(),
     );
+    let plan = decide::without_intents(planned, &draft.status.intents);
+    let cause = decide::cause(generation, seen.secret_version.as_deref(), seen.retry_requested(), &plan);
     let gate = decide::gate(ctx.memory.trouble(&seen.key).as_ref(), cause, Instant::now());
     let settle = if plan.is_empty() { None } else { observe::settle(ctx, &seen.key, &seen.looked_at) };
-    let wait = settle.is_some() || gate != Gate::Open;
+    let mut wait = settle.is_some() || gate != Gate::Open;
+    if !plan.is_empty() && !wait && (clb.api() == "v3" || !spec.listeners.is_empty()) {
+        // Nothing is written before the spec is known to fit the load balancer (its type, listeners, rules).
+        if let Err(problem) = fits(ctx, &seen, clb, view).await {
+            ctx.publish_once(&seen.binding, &events::spec_problem(&problem)).await;
+            met.problems.push(problem);
+            wait = true;
+        }
+    }
 
     // Act and record, removals first: a backend going away must stop receiving traffic before anything else.
     let leaving = decide::step(plan.deregister, TaskAction::Deregister, &draft.status.tasks, seen.now, wait);
@@ -154,12 +195,32 @@ async fn apply(binding: Arc<ClbBackendBinding>, ctx: &Context) -> Result<Action>
     finish(ctx, &seen, draft, done).await
 }
 
+/// Checks the spec against what the load balancer is (read once per spec generation, remembered while it fits).
+async fn fits(
+    ctx: &Context,
+    seen: &Observed,
+    clb: &dyn Cloud,
+    view: Option<LoadBalancerView>,
+) -> std::result::Result<(), Problem> {
+    let view = match view {
+        Some(v) => Some(v),
+        None => observe::load_balancer_view(clb, &seen.binding).await?,
+    };
+    let spec = &seen.binding.spec;
+    listeners::check(&spec.load_balancer_id, view.as_ref(), &spec.listeners)?;
+    if let Some(view) = view {
+        ctx.memory.looked_at_load_balancer(&seen.key, seen.binding.meta().generation, view);
+    }
+    Ok(())
+}
+
 /// Releases a deleting binding: deregisters what it owns (policy Deregister), leaves it (Retain), or lets go at
 /// once when forced. Returns an error while it must wait, which keeps the finalizer.
 async fn cleanup(binding: Arc<ClbBackendBinding>, ctx: &Context) -> Result<Action> {
     let key = ObjectRef::from_obj(&*binding);
-    let owned: Vec<String> =
-        ctx.memory.current_status(&binding).backends.iter().map(|b| b.instance_id.clone()).collect();
+    let owned: Vec<String> = status::instances_of(
+        &ctx.memory.current_status(&binding).backends.iter().map(plan::target_of).collect::<Vec<_>>(),
+    );
     let lb = binding.spec.load_balancer_id.clone();
     if binding.annotations().get(FORCE_FINALIZE_ANNOTATION).is_some_and(|v| v == "true") {
         ctx.publish(&binding, &events::force_finalized(&lb, &owned)).await;
@@ -174,7 +235,7 @@ async fn cleanup(binding: Arc<ClbBackendBinding>, ctx: &Context) -> Result<Actio
     let seen = observe::deleting(ctx, binding).await?;
     let mut draft = Draft::new(&seen);
     let clb = match &seen.clb {
-        Ok(clb) => clb,
+        Ok(clb) => clb.as_ref(),
         Err(problem) => {
             let reason = format!(
                 "{}; set annotation {FORCE_FINALIZE_ANNOTATION}=true to release the binding anyway",
@@ -186,10 +247,14 @@ async fn cleanup(binding: Arc<ClbBackendBinding>, ctx: &Context) -> Result<Actio
     };
     let mut met = poll(ctx, &seen, clb, &mut draft.status).await;
     met.extend(confirm_intents(&seen, clb, |_| None, &mut draft.status).await.1);
+    let held: BTreeSet<Target> = (draft.status.intents.iter())
+        .flat_map(|i| plan::recorded_targets(&i.instance_ids, &i.targets))
+        .collect();
     let leaving: Vec<Leave> = (draft.status.backends.iter())
         .filter(|b| b.state == BackendState::Registered)
-        .filter(|b| !draft.status.intents.iter().any(|i| i.instance_ids.contains(&b.instance_id)))
-        .map(|b| Leave { instance: b.instance_id.clone(), reason: "BindingDeleted".to_owned() })
+        .map(plan::target_of)
+        .filter(|t| !held.contains(t))
+        .map(|target| Leave { target, reason: "BindingDeleted".to_owned() })
         .collect();
     if let Step::Submit(leaving) =
         decide::step(leaving, TaskAction::Deregister, &draft.status.tasks, seen.now, false)
@@ -242,24 +307,41 @@ impl Draft {
     }
 }
 
-/// Polls the due tasks and records the finished ones, with an event and the latency metric for each.
+/// Polls the due tasks and records the finished ones, with an event and the latency metric for each. Tasks the
+/// API does not know are judged by the targets the load balancer holds.
 async fn poll(
     ctx: &Context,
     seen: &Observed,
-    clb: &ClbClient,
+    clb: &dyn Cloud,
     status: &mut ClbBackendBindingStatus,
 ) -> Recorded {
-    let (finished, problem) = act::poll(ctx, clb, &seen.key, &status::running_tasks(status)).await;
+    let act::Polled { mut finished, unknown, problem } =
+        act::poll(ctx, clb, &seen.key, &status::running_tasks(status)).await;
+    let mut problems: Vec<Problem> = problem.into_iter().collect();
+    if !unknown.is_empty() {
+        match observe::load_balancer(clb, &seen.binding, status).await {
+            Ok(on_lb) => {
+                for id in unknown {
+                    if let Some(task) = status.tasks.iter().find(|t| t.request_id == id) {
+                        let done = decide::confirmed(task, &on_lb);
+                        info!(binding = %seen.key, request_id = %id, done, "Confirmed a task the API does not know from the targets");
+                        finished.push((id, done));
+                    }
+                }
+            }
+            Err(e) => problems.push(act::problem_from(&e)),
+        }
+    }
     let mut recorded = status::polled(status, &finished, seen.now);
-    recorded.problems.extend(problem);
+    recorded.problems.extend(problems);
     let lb = &seen.binding.spec.load_balancer_id;
     for (request_id, action, succeeded, ids) in &recorded.finished {
-        let signals = ctx.memory.deregister_finished(&seen.key, *request_id);
+        let signals = ctx.memory.deregister_finished(&seen.key, request_id);
         if *succeeded {
             signals.iter().for_each(|seen_at| ctx.metrics.deregistered(seen_at.elapsed()));
         }
         info!(binding = %seen.key, request_id, ?action, succeeded, instances = ids.len(), "CLB task finished");
-        ctx.publish(&seen.binding, &events::task_finished(*action, *succeeded, ids, lb, *request_id)).await;
+        ctx.publish(&seen.binding, &events::task_finished(*action, *succeeded, ids, lb, request_id)).await;
     }
     recorded
 }
@@ -269,18 +351,18 @@ async fn poll(
 async fn deregister(
     ctx: &Context,
     seen: &Observed,
-    clb: &ClbClient,
+    clb: &dyn Cloud,
     leaving: &[Leave],
     draft: &mut Draft,
 ) -> Result<Recorded> {
-    let ids = leaving.iter().map(|l| l.instance.clone()).collect();
-    let attempt = status::intend(&mut draft.status, TaskAction::Deregister, ids, seen.now);
+    let targets: Vec<Target> = leaving.iter().map(|l| l.target.clone()).collect();
+    let attempt = status::intend(&mut draft.status, TaskAction::Deregister, &targets, seen.now);
     draft.persist_intent(ctx, &seen.binding).await?; // the intent reaches the status before the call
     let outcomes = act::deregister(ctx, clb, &seen.key, &seen.binding.spec.load_balancer_id, leaving).await;
     for outcome in &outcomes {
         if let Outcome::Task { request_id, batch } = outcome {
-            let signals = batch.iter().map(|l| signal_seen(ctx, &draft.status, &l.instance)).collect();
-            ctx.memory.deregister_submitted(&seen.key, *request_id, signals);
+            let signals = batch.iter().map(|l| signal_seen(ctx, &draft.status, &l.target)).collect();
+            ctx.memory.deregister_submitted(&seen.key, request_id, signals);
         }
     }
     let recorded = status::deregistered(&mut draft.status, &outcomes, seen.now);
@@ -289,9 +371,9 @@ async fn deregister(
     Ok(recorded)
 }
 
-/// When the operator saw the change that makes `instance` leave: the last event about its node, or now.
-fn signal_seen(ctx: &Context, status: &ClbBackendBindingStatus, instance: &str) -> Instant {
-    let node = status.backends.iter().find(|b| b.instance_id == instance).and_then(|b| b.node.as_deref());
+/// When the operator saw the change that makes `target` leave: the last event about its node, or now.
+fn signal_seen(ctx: &Context, status: &ClbBackendBindingStatus, target: &Target) -> Instant {
+    let node = status.backends.iter().find(|b| plan::target_of(b) == *target).and_then(|b| b.node.as_deref());
     node.and_then(|n| ctx.caches.signals.last(n)).unwrap_or_else(Instant::now)
 }
 
@@ -300,12 +382,12 @@ fn signal_seen(ctx: &Context, status: &ClbBackendBindingStatus, instance: &str) 
 async fn join(
     ctx: &Context,
     seen: &Observed,
-    clb: &ClbClient,
+    clb: &dyn Cloud,
     joining: &[Join],
     draft: &mut Draft,
 ) -> Result<Recorded> {
     let lb = &seen.binding.spec.load_balancer_id;
-    let on_lb = match observe::load_balancer(clb, lb).await {
+    let on_lb = match observe::load_balancer(clb, &seen.binding, &draft.status).await {
         Ok(ids) => ids,
         Err(e) => {
             warn!(binding = %seen.key, kind = e.kind(), error = %e, "Listing the load balancer's backends failed");
@@ -319,8 +401,8 @@ async fn join(
     if register.is_empty() {
         return Ok(status::joined(&mut draft.status, &adopt, &[], seen.now));
     }
-    let ids = register.iter().map(|j| j.instance.clone()).collect();
-    let attempt = status::intend(&mut draft.status, TaskAction::Register, ids, seen.now);
+    let targets: Vec<Target> = register.iter().map(|j| j.target.clone()).collect();
+    let attempt = status::intend(&mut draft.status, TaskAction::Register, &targets, seen.now);
     draft.persist_intent(ctx, &seen.binding).await?; // the intent reaches the status before the call
     let weight = u32::try_from(seen.binding.spec.weight.clamp(0, 100)).unwrap_or(10);
     let outcomes = act::register(ctx, clb, &seen.key, lb, &register, weight).await;
@@ -334,14 +416,14 @@ async fn join(
 /// is planned afresh. Returns when to look again, if an intent still waits, and what was recorded.
 async fn confirm_intents(
     seen: &Observed,
-    clb: &ClbClient,
+    clb: &dyn Cloud,
     node_of: impl Fn(&str) -> Option<String>,
     status: &mut ClbBackendBindingStatus,
 ) -> (Option<Duration>, Recorded) {
     if status.intents.is_empty() {
         return (None, Recorded::default());
     }
-    let on_lb = match observe::load_balancer(clb, &seen.binding.spec.load_balancer_id).await {
+    let on_lb = match observe::load_balancer(clb, &seen.binding, status).await {
         Ok(ids) => ids,
         Err(e) => {
             let problems = vec![act::problem_from(&e)];
@@ -357,8 +439,8 @@ async fn confirm_intents(
 
 /// How a reconcile ended, for [`finish`].
 struct Done {
-    /// The instances that should serve.
-    desired: BTreeSet<String>,
+    /// The targets that should serve.
+    desired: BTreeSet<Target>,
     /// Planned changes wait for a failed action's backoff.
     pending: bool,
     /// Whether the CLB could be asked.
@@ -375,7 +457,7 @@ struct Done {
 
 impl Done {
     /// Nothing could be attempted because of `problem`.
-    fn blocked(seen: &Observed, desired: BTreeSet<String>, problem: Problem) -> Self {
+    fn blocked(seen: &Observed, desired: BTreeSet<Target>, problem: Problem) -> Self {
         let generation = seen.binding.meta().generation;
         let cause = decide::cause(
             generation,
@@ -454,7 +536,7 @@ async fn conclude(ctx: &Context, seen: &Observed, draft: &mut Draft, done: Done)
         .filter_map(|at| Duration::try_from(at.duration_since(seen.now)).ok())
         .filter(|d| !d.is_zero())
         .collect();
-    let polls = status::running_tasks(&draft.status).iter().map(|id| ctx.polls.until_due(*id)).collect();
+    let polls = status::running_tasks(&draft.status).iter().map(|id| ctx.polls.until_due(id)).collect();
     Ok(decide::next_delay(&Timers { polls, recheck, settle, retries, problem: problem_wait }))
 }
 

@@ -17,7 +17,11 @@ use super::{
 };
 use crate::{
     api::ClbBackendBinding,
-    clb::{ClbClient, Credentials},
+    clb::{
+        ClbClient, Credentials,
+        cloud::{ClbApi, Clouds},
+        v3_client::V3Client,
+    },
     metrics::Metrics,
 };
 
@@ -74,12 +78,14 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
     let ctx = Arc::new(Context::new(client, caches, clb, default_credentials, config, polls, metrics));
 
     announce_synced(&watches, &ctx, ready);
-    let (for_nodes, for_pods, for_secrets) = (ctx.clone(), ctx.clone(), ctx.clone());
-    info!(?namespace, %endpoint, "Starting the controller");
+    let (for_nodes, for_pods, for_secrets, for_services) =
+        (ctx.clone(), ctx.clone(), ctx.clone(), ctx.clone());
+    info!(?namespace, %endpoint, api = ctx.clb.api().as_str(), "Starting the controller");
     controller
         .watches_stream(watches.node_changes, move |node| for_nodes.index.for_node(&node))
         .watches_stream(watches.pod_changes, move |pod| for_pods.index.for_pod(&pod))
         .watches_stream(watches.secret_changes, move |secret| users_of(&for_secrets, &secret))
+        .watches_stream(watches.service_changes, move |service| port_users_of(&for_services, &service))
         .reconcile_all_on(watches.gone)
         .with_config(ControllerConfig::default().concurrency(concurrency))
         .shutdown_on_signal()
@@ -94,18 +100,25 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The one CLB client (its HTTP connections and rate limiters are shared by all bindings).
-fn clb_client(
-    config: &Config,
-    own: Option<Credentials>,
-    metrics: &Arc<Metrics>,
-) -> anyhow::Result<ClbClient> {
+/// The one CLB client of the API spoken (its HTTP connections and rate limiters are shared by all bindings).
+fn clb_client(config: &Config, own: Option<Credentials>, metrics: &Arc<Metrics>) -> anyhow::Result<Clouds> {
     if own.is_none() {
         info!("No TENCENTCLOUD_SECRET_ID/TENCENTCLOUD_SECRET_KEY: bindings need a credentialsSecretRef");
     }
     let own = own.unwrap_or_else(|| Credentials::new("", "", None));
-    let clb = ClbClient::new(config.clb.clone(), own).context("building the CLB client")?;
-    Ok(clb.with_observer(metrics.clb_observer()))
+    Ok(match config.api {
+        ClbApi::V3 => {
+            let region = crate::clb::DEFAULT_REGION;
+            let client =
+                V3Client::new(config.clb.endpoint.clone(), own, region, config.clb.rate_limit_per_second)
+                    .map_err(|e| anyhow::anyhow!("building the CLB API 3.0 client: {e}"))?;
+            Clouds::V3(client.with_observer(metrics.clb_v3_observer()))
+        }
+        ClbApi::V2 => {
+            let clb = ClbClient::new(config.clb.clone(), own).context("building the CLB client")?;
+            Clouds::V2(clb.with_observer(metrics.clb_observer()))
+        }
+    })
 }
 
 /// Tells reconciles (and /readyz) once the node cache holds a full list.
@@ -123,6 +136,16 @@ fn announce_synced(watches: &watch::Watches, ctx: &Context, ready: http::Readine
             info!(nodes = nodes.len(), "Caches synced");
         }
     });
+}
+
+/// The bindings whose listeners take a port from `service`.
+fn port_users_of(ctx: &Context, service: &watch::ServiceMeta) -> Vec<ObjectRef<ClbBackendBinding>> {
+    let (ns, name) = (service.namespace(), service.name_any());
+    (ctx.caches.bindings.state().iter())
+        .filter(|b| b.namespace() == ns)
+        .filter(|b| b.spec.listeners.iter().any(|l| l.service.as_ref().is_some_and(|s| s.name == name)))
+        .map(|b| ObjectRef::from_obj(b.as_ref()))
+        .collect()
 }
 
 /// The bindings whose credentials come from `secret`.

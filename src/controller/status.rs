@@ -5,87 +5,82 @@ use std::collections::BTreeSet;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use super::plan::{Join, Leave};
-use crate::api::{
-    BackendState, BackendStatus, ClbBackendBindingStatus, IntentRecord, TaskAction, TaskRecord, TaskState,
+use super::plan::{Join, Leave, backend, recorded_targets, target_of, target_ref};
+use crate::{
+    api::{
+        BackendState, BackendStatus, ClbBackendBindingStatus, IntentRecord, TaskAction, TaskRecord, TaskState,
+    },
+    clb::cloud::Target,
 };
 
 /// How many finished tasks the status keeps, newest first, after the running ones.
 pub const TASK_HISTORY: usize = 10;
 
-/// Records a submitted Deregister task: its instances turn `Deregistering` with the task's requestId.
+/// Records a submitted Deregister task: its targets turn `Deregistering` with the task's requestId.
 pub fn deregister_submitted(
     status: &mut ClbBackendBindingStatus,
-    request_id: u64,
-    instances: &[Leave],
+    request_id: &str,
+    leaving: &[Leave],
     now: Timestamp,
 ) {
-    for leave in instances {
-        if let Some(b) = status.backends.iter_mut().find(|b| b.instance_id == leave.instance) {
+    for leave in leaving {
+        if let Some(b) = status.backends.iter_mut().find(|b| target_of(b) == leave.target) {
             b.state = BackendState::Deregistering;
-            b.request_id = Some(request_id);
+            b.request_id = Some(request_id.to_owned());
             b.reason = Some(leave.reason.clone());
         }
     }
-    push_running(
-        status,
-        request_id,
-        TaskAction::Deregister,
-        instances.iter().map(|l| l.instance.clone()),
-        now,
-    );
+    let targets: Vec<Target> = leaving.iter().map(|l| l.target.clone()).collect();
+    push_running(status, request_id, TaskAction::Deregister, &targets, now);
 }
 
-/// Records a submitted Register task: its instances join `backends` as `Registering`.
+/// Records a submitted Register task: its targets join `backends` as `Registering`.
 pub fn register_submitted(
     status: &mut ClbBackendBindingStatus,
-    request_id: u64,
-    instances: &[Join],
+    request_id: &str,
+    joining: &[Join],
     now: Timestamp,
 ) {
-    for join in instances {
-        status.backends.push(BackendStatus {
-            instance_id: join.instance.clone(),
-            node: Some(join.node.clone()),
-            state: BackendState::Registering,
-            request_id: Some(request_id),
-            reason: None,
-        });
+    for join in joining {
+        let id = Some(request_id.to_owned());
+        status.backends.push(backend(&join.target, Some(join.node.clone()), BackendState::Registering, id));
     }
-    push_running(status, request_id, TaskAction::Register, instances.iter().map(|j| j.instance.clone()), now);
+    let targets: Vec<Target> = joining.iter().map(|j| j.target.clone()).collect();
+    push_running(status, request_id, TaskAction::Register, &targets, now);
 }
 
-/// Records instances that are owned from now on without a Register call, because they already serve.
-pub fn adopted(status: &mut ClbBackendBindingStatus, instances: &[Join]) {
-    for join in instances {
-        status.backends.push(BackendStatus {
-            instance_id: join.instance.clone(),
-            node: Some(join.node.clone()),
-            state: BackendState::Registered,
-            request_id: None,
-            reason: None,
-        });
+/// Records targets that are owned from now on without a Register call, because they already serve.
+pub fn adopted(status: &mut ClbBackendBindingStatus, joining: &[Join]) {
+    for join in joining {
+        status.backends.push(backend(&join.target, Some(join.node.clone()), BackendState::Registered, None));
     }
 }
 
-/// Drops instances the CLB says are already gone (code 5000 on Deregister): there is nothing left to own.
-pub fn already_gone(status: &mut ClbBackendBindingStatus, instances: &[String]) {
-    status.backends.retain(|b| !instances.contains(&b.instance_id));
+/// Drops targets the CLB says are already gone: there is nothing left to own.
+pub fn already_gone(status: &mut ClbBackendBindingStatus, targets: &[Target]) {
+    status.backends.retain(|b| !targets.contains(&target_of(b)));
+}
+
+/// The distinct instances of `targets`, in order.
+pub fn instances_of(targets: &[Target]) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    targets.iter().filter(|t| seen.insert(&t.instance)).map(|t| t.instance.clone()).collect()
 }
 
 fn push_running(
     status: &mut ClbBackendBindingStatus,
-    request_id: u64,
+    request_id: &str,
     action: TaskAction,
-    instance_ids: impl Iterator<Item = String>,
+    targets: &[Target],
     now: Timestamp,
 ) {
     status.tasks.insert(
         0,
         TaskRecord {
-            request_id,
+            request_id: request_id.to_owned(),
             action,
-            instance_ids: instance_ids.collect(),
+            instance_ids: instances_of(targets),
+            targets: targets.iter().filter_map(target_ref).collect(),
             state: TaskState::Running,
             submitted_at: Time(now),
             completed_at: None,
@@ -98,7 +93,7 @@ fn push_running(
 /// task's action and instances, or `None` if no such running task is recorded.
 pub fn task_finished(
     status: &mut ClbBackendBindingStatus,
-    request_id: u64,
+    request_id: &str,
     succeeded: bool,
     now: Timestamp,
 ) -> Option<(TaskAction, Vec<String>)> {
@@ -107,7 +102,7 @@ pub fn task_finished(
     let mut task = status.tasks.remove(pos);
     task.state = if succeeded { TaskState::Succeeded } else { TaskState::Failed };
     task.completed_at = Some(Time(now));
-    let mine = |b: &BackendStatus| b.request_id == Some(request_id);
+    let mine = |b: &BackendStatus| b.request_id.as_deref() == Some(request_id);
     match (task.action, succeeded) {
         (TaskAction::Deregister, true) | (TaskAction::Register, false) => {
             status.backends.retain(|b| !mine(b))
@@ -128,8 +123,8 @@ pub fn task_finished(
 }
 
 /// The running tasks' requestIds.
-pub fn running_tasks(status: &ClbBackendBindingStatus) -> Vec<u64> {
-    status.tasks.iter().filter(|t| t.state == TaskState::Running).map(|t| t.request_id).collect()
+pub fn running_tasks(status: &ClbBackendBindingStatus) -> Vec<String> {
+    status.tasks.iter().filter(|t| t.state == TaskState::Running).map(|t| t.request_id.clone()).collect()
 }
 
 /// What one batch of a submission came to (reported by the act step, recorded here).
@@ -138,11 +133,11 @@ pub enum Outcome<T> {
     /// The CLB accepted the batch as a task.
     Task {
         /// The task's requestId.
-        request_id: u64,
+        request_id: String,
         /// What the task acts on.
         batch: Vec<T>,
     },
-    /// The instances (or, for a Register, the load balancer) do not exist on the CLB.
+    /// The targets (or, for a Register, the load balancer) do not exist on the CLB.
     Gone(Vec<T>),
     /// The call failed after its retries.
     Failed(Problem),
@@ -158,7 +153,7 @@ pub struct Recorded {
     /// Nodes whose instances this binding (re)claimed.
     pub claimed: BTreeSet<String>,
     /// Finished tasks: (requestId, action, succeeded, instances), for events and metrics.
-    pub finished: Vec<(u64, TaskAction, bool, Vec<String>)>,
+    pub finished: Vec<(String, TaskAction, bool, Vec<String>)>,
 }
 
 impl Recorded {
@@ -176,17 +171,22 @@ fn nodes_of(status: &ClbBackendBindingStatus, which: impl Fn(&BackendStatus) -> 
 }
 
 /// Records polled tasks that finished (requestId, succeeded).
-pub fn polled(status: &mut ClbBackendBindingStatus, finished: &[(u64, bool)], now: Timestamp) -> Recorded {
+pub fn polled(status: &mut ClbBackendBindingStatus, finished: &[(String, bool)], now: Timestamp) -> Recorded {
     let mut r = Recorded::default();
-    for &(request_id, succeeded) in finished {
-        let nodes = nodes_of(status, |b| b.request_id == Some(request_id));
+    for (request_id, succeeded) in finished {
+        let (request_id, succeeded) = (request_id.as_str(), *succeeded);
+        let nodes = nodes_of(status, |b| b.request_id.as_deref() == Some(request_id));
         let Some((action, ids)) = task_finished(status, request_id, succeeded, now) else { continue };
         match (action, succeeded) {
-            (TaskAction::Deregister, true) => r.released.extend(nodes),
+            (TaskAction::Deregister, true) => {
+                // A node is released once none of its targets (on any listener) is owned any more.
+                let still = nodes_of(status, |_| true);
+                r.released.extend(nodes.difference(&still).cloned());
+            }
             (TaskAction::Register, true) => r.claimed.extend(nodes),
             _ => {}
         }
-        r.finished.push((request_id, action, succeeded, ids));
+        r.finished.push((request_id.to_owned(), action, succeeded, ids));
     }
     r
 }
@@ -200,11 +200,11 @@ pub fn deregistered(
     let mut r = Recorded::default();
     for outcome in outcomes {
         match outcome {
-            Outcome::Task { request_id, batch } => deregister_submitted(status, *request_id, batch, now),
+            Outcome::Task { request_id, batch } => deregister_submitted(status, request_id, batch, now),
             Outcome::Gone(batch) => {
-                let ids: Vec<String> = batch.iter().map(|l| l.instance.clone()).collect();
-                r.released.extend(nodes_of(status, |b| ids.contains(&b.instance_id)));
-                already_gone(status, &ids);
+                let gone: Vec<Target> = batch.iter().map(|l| l.target.clone()).collect();
+                r.released.extend(released_nodes(status, &gone));
+                already_gone(status, &gone);
             }
             Outcome::Failed(problem) => r.problems.push(problem.clone()),
         }
@@ -225,7 +225,7 @@ pub fn joined(
     for outcome in outcomes {
         match outcome {
             Outcome::Task { request_id, batch } => {
-                register_submitted(status, *request_id, batch, now);
+                register_submitted(status, request_id, batch, now);
                 r.claimed.extend(batch.iter().map(|j| j.node.clone()));
             }
             Outcome::Gone(_) => {}
@@ -235,18 +235,19 @@ pub fn joined(
     r
 }
 
-/// Records that a submission of `action` for `instances` is about to be made; returns its attempt id.
+/// Records that a submission of `action` for `targets` is about to be made; returns its attempt id.
 pub fn intend(
     status: &mut ClbBackendBindingStatus,
     action: TaskAction,
-    instances: Vec<String>,
+    targets: &[Target],
     now: Timestamp,
 ) -> String {
     let attempt = format!("{:016x}", rand::random::<u64>());
     status.intents.push(IntentRecord {
         attempt: attempt.clone(),
         action,
-        instance_ids: instances,
+        instance_ids: instances_of(targets),
+        targets: targets.iter().filter_map(target_ref).collect(),
         at: Time(now),
     });
     attempt
@@ -257,42 +258,48 @@ pub fn intent_done(status: &mut ClbBackendBindingStatus, attempt: &str) {
     status.intents.retain(|i| i.attempt != attempt);
 }
 
-/// Applies what the load balancer shows of intents left by a crash: `shown` instances of each attempt made the
+/// Applies what the load balancer shows of intents left by a crash: `shown` targets of each attempt made the
 /// change (a Deregister's are gone: no longer owned; a Register's are there: owned, on the node `node_of` says);
-/// attempts in `drop` are given up, so that their remaining instances are planned afresh.
+/// attempts in `drop` are given up, so that their remaining targets are planned afresh.
 pub fn intents_resolved(
     status: &mut ClbBackendBindingStatus,
-    shown: &[(String, Vec<String>)],
+    shown: &[(String, Vec<Target>)],
     drop: &[String],
     node_of: impl Fn(&str) -> Option<String>,
 ) -> Recorded {
     let mut r = Recorded::default();
-    for (attempt, ids) in shown {
+    for (attempt, targets) in shown {
         let Some(intent) = status.intents.iter_mut().find(|i| &i.attempt == attempt) else { continue };
-        intent.instance_ids.retain(|i| !ids.contains(i));
+        let left: Vec<Target> = recorded_targets(&intent.instance_ids, &intent.targets)
+            .into_iter()
+            .filter(|t| !targets.contains(t))
+            .collect();
+        intent.instance_ids = instances_of(&left);
+        intent.targets = left.iter().filter_map(target_ref).collect();
         match intent.action {
             TaskAction::Deregister => {
-                r.released.extend(nodes_of(status, |b| ids.contains(&b.instance_id)));
-                already_gone(status, ids);
+                r.released.extend(released_nodes(status, targets));
+                already_gone(status, targets);
             }
             TaskAction::Register => {
-                let owned: BTreeSet<String> = status.backends.iter().map(|b| b.instance_id.clone()).collect();
-                for id in ids.iter().filter(|id| !owned.contains(*id)) {
-                    let node = node_of(id);
+                let owned: BTreeSet<Target> = status.backends.iter().map(target_of).collect();
+                for t in targets.iter().filter(|t| !owned.contains(*t)) {
+                    let node = node_of(&t.instance);
                     r.claimed.extend(node.clone());
-                    status.backends.push(BackendStatus {
-                        instance_id: id.clone(),
-                        node,
-                        state: BackendState::Registered,
-                        request_id: None,
-                        reason: None,
-                    });
+                    status.backends.push(backend(t, node, BackendState::Registered, None));
                 }
             }
         }
     }
     status.intents.retain(|i| !i.instance_ids.is_empty() && !drop.contains(&i.attempt));
     r
+}
+
+/// The nodes that stop being owned when `gone` leaves: those with no other owned target left.
+fn released_nodes(status: &ClbBackendBindingStatus, gone: &[Target]) -> BTreeSet<String> {
+    let leaving = nodes_of(status, |b| gone.contains(&target_of(b)));
+    let staying = nodes_of(status, |b| !gone.contains(&target_of(b)));
+    leaving.difference(&staying).cloned().collect()
 }
 
 /// Something that keeps a binding from being in sync, shown as `Degraded=True`.
@@ -326,6 +333,12 @@ pub mod reasons {
     pub const CLB_API_ERROR: &str = "ClbApiError";
     /// The spec cannot be acted on (e.g. an invalid selector).
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// Listeners on a classic CLB, or none on an application CLB.
+    pub const LOAD_BALANCER_TYPE_MISMATCH: &str = "LoadBalancerTypeMismatch";
+    /// A listener (or its rule) is not on the load balancer.
+    pub const LISTENER_NOT_FOUND: &str = "ListenerNotFound";
+    /// A listener's Service, or its NodePort for the port named, does not exist.
+    pub const SERVICE_PORT_NOT_FOUND: &str = "ServicePortNotFound";
     /// The binding is being deleted.
     pub const DELETING: &str = "Deleting";
 }
@@ -336,17 +349,13 @@ pub mod reasons {
 pub fn summarize(
     status: &mut ClbBackendBindingStatus,
     generation: Option<i64>,
-    desired: &BTreeSet<String>,
+    desired: &BTreeSet<Target>,
     pending: bool,
     problem: Option<&Problem>,
     now: Timestamp,
 ) {
-    let registered: BTreeSet<&str> = status
-        .backends
-        .iter()
-        .filter(|b| b.state == BackendState::Registered)
-        .map(|b| b.instance_id.as_str())
-        .collect();
+    let registered: BTreeSet<Target> =
+        status.backends.iter().filter(|b| b.state == BackendState::Registered).map(target_of).collect();
     let in_flight = status.tasks.iter().filter(|t| t.state == TaskState::Running).count();
     status.desired = desired.len() as i32;
     status.registered = registered.len() as i32;
@@ -356,10 +365,11 @@ pub fn summarize(
     let in_sync = in_flight == 0
         && !pending
         && status.backends.len() == desired.len()
-        && desired.iter().all(|d| registered.contains(d.as_str()));
+        && desired.iter().all(|d| registered.contains(d));
+    let what = if registered.iter().any(|t| t.at.is_some()) { "target" } else { "instance" };
     let (ready, ready_reason, ready_msg) = match (problem, in_sync) {
         (Some(p), _) => (false, p.reason, p.message.clone()),
-        (None, true) => (true, reasons::IN_SYNC, format!("{} instance(s) registered", registered.len())),
+        (None, true) => (true, reasons::IN_SYNC, format!("{} {what}(s) registered", registered.len())),
         (None, false) => (false, reasons::SYNCING, format!("{in_flight} task(s) in flight")),
     };
     let progressing = if in_flight > 0 || pending {
@@ -420,11 +430,11 @@ mod tests {
     }
 
     fn leave(id: &str, reason: &str) -> Leave {
-        Leave { instance: id.into(), reason: reason.into() }
+        Leave { target: Target::classic(id), reason: reason.into() }
     }
 
     fn join(id: &str, node: &str) -> Join {
-        Join { instance: id.into(), node: node.into() }
+        Join { target: Target::classic(id), node: node.into() }
     }
 
     fn condition<'a>(s: &'a ClbBackendBindingStatus, type_: &str) -> &'a Condition {
@@ -438,29 +448,29 @@ mod tests {
             backends: vec![registered("ins-a"), registered("ins-b")],
             ..Default::default()
         };
-        deregister_submitted(&mut s, 7, &[leave("ins-a", "NodeDeleted")], t(10));
+        deregister_submitted(&mut s, "7", &[leave("ins-a", "NodeDeleted")], t(10));
         assert_eq!(s.backends[0].state, BackendState::Deregistering);
-        assert_eq!(s.backends[0].request_id, Some(7));
+        assert_eq!(s.backends[0].request_id, Some("7".to_owned()));
         assert_eq!(s.backends[0].reason.as_deref(), Some("NodeDeleted"));
-        assert_eq!(running_tasks(&s), [7]);
+        assert_eq!(running_tasks(&s), ["7"]);
 
-        let done = task_finished(&mut s, 7, true, t(11));
+        let done = task_finished(&mut s, "7", true, t(11));
         assert_eq!(done, Some((TaskAction::Deregister, vec!["ins-a".to_string()])));
         assert_eq!(s.backends, [registered("ins-b")]);
         assert_eq!(s.tasks[0].state, TaskState::Succeeded);
         assert_eq!(s.tasks[0].completed_at, Some(Time(t(11))));
-        assert_eq!(task_finished(&mut s, 7, true, t(12)), None, "a finished task is not finished twice");
+        assert_eq!(task_finished(&mut s, "7", true, t(12)), None, "a finished task is not finished twice");
     }
 
     /// A failed task leaves its instances in their previous state.
     #[test]
     fn failed_tasks_restore_previous_state() {
         let mut s = ClbBackendBindingStatus { backends: vec![registered("ins-a")], ..Default::default() };
-        deregister_submitted(&mut s, 1, &[leave("ins-a", "NotSelected")], t(1));
-        register_submitted(&mut s, 2, &[join("ins-b", "node-b")], t(1));
-        assert_eq!(running_tasks(&s), [2, 1]);
-        task_finished(&mut s, 1, false, t(2));
-        task_finished(&mut s, 2, false, t(2));
+        deregister_submitted(&mut s, "1", &[leave("ins-a", "NotSelected")], t(1));
+        register_submitted(&mut s, "2", &[join("ins-b", "node-b")], t(1));
+        assert_eq!(running_tasks(&s), ["2", "1"]);
+        task_finished(&mut s, "1", false, t(2));
+        task_finished(&mut s, "2", false, t(2));
         assert_eq!(s.backends, [registered("ins-a")]);
         assert!(s.tasks.iter().all(|t| t.state == TaskState::Failed));
     }
@@ -470,22 +480,73 @@ mod tests {
     fn task_history_is_ordered_and_bounded() {
         let mut s = ClbBackendBindingStatus::default();
         for id in 0..15 {
-            register_submitted(&mut s, id, &[join(&format!("ins-{id}"), "n")], t(id as i64));
+            register_submitted(&mut s, &id.to_string(), &[join(&format!("ins-{id}"), "n")], t(id as i64));
         }
         for id in 0..14 {
-            task_finished(&mut s, id, true, t(100 + id as i64));
+            task_finished(&mut s, &id.to_string(), true, t(100 + id as i64));
         }
         assert_eq!(s.tasks.len(), 1 + TASK_HISTORY);
-        assert_eq!(s.tasks[0].request_id, 14);
+        assert_eq!(s.tasks[0].request_id, "14");
         assert_eq!(s.tasks[0].state, TaskState::Running);
-        assert_eq!(s.tasks[1].request_id, 13);
+        assert_eq!(s.tasks[1].request_id, "13");
         assert_eq!(s.backends.iter().filter(|b| b.state == BackendState::Registered).count(), 14);
+    }
+
+    /// A status written with integer task ids (before API 3.0) is read, and written back as strings.
+    #[test]
+    fn integer_task_ids_are_still_read() {
+        let old = serde_json::json!({
+            "backends": [{"instanceId": "ins-a", "state": "Deregistering", "requestId": 1001}],
+            "tasks": [{"requestId": 1001, "action": "Deregister", "instanceIds": ["ins-a"], "state": "Running",
+                "submittedAt": "2026-01-01T00:00:00Z"}],
+        });
+        let s: ClbBackendBindingStatus = serde_json::from_value(old).unwrap();
+        assert_eq!(running_tasks(&s), ["1001"]);
+        assert_eq!(s.backends[0].request_id.as_deref(), Some("1001"));
+        let back = serde_json::to_value(&s).unwrap();
+        assert_eq!(back["tasks"][0]["requestId"], "1001");
+    }
+
+    /// On an application CLB a node's instance is one target per listener: each leaves on its own, and the
+    /// node is released only when the last one is gone.
+    #[test]
+    fn listener_targets_are_owned_one_by_one() {
+        use crate::clb::cloud::Placement;
+        let on = |listener: &str| Target {
+            instance: "ins-a".into(),
+            at: Some(Placement { listener_id: listener.into(), location_id: None, port: 30080 }),
+        };
+        let mut s = ClbBackendBindingStatus::default();
+        let joins = [on("lbl-1"), on("lbl-2")].map(|target| Join { target, node: "node-a".into() });
+        register_submitted(&mut s, "r1", &joins, t(1));
+        assert_eq!(s.tasks[0].instance_ids, ["ins-a"], "the instance once");
+        assert_eq!(s.tasks[0].targets.len(), 2);
+        assert_eq!(s.backends[1].listener_id.as_deref(), Some("lbl-2"));
+        let r = polled(&mut s, &[("r1".into(), true)], t(2));
+        assert_eq!(r.claimed, BTreeSet::from(["node-a".to_owned()]));
+        deregister_submitted(
+            &mut s,
+            "d1",
+            &[Leave { target: on("lbl-1"), reason: "SpecChanged".into() }],
+            t(3),
+        );
+        let r = polled(&mut s, &[("d1".into(), true)], t(4));
+        assert!(r.released.is_empty(), "node-a still has its lbl-2 target");
+        assert_eq!(s.backends.len(), 1);
+        deregister_submitted(
+            &mut s,
+            "d2",
+            &[Leave { target: on("lbl-2"), reason: "NodeDeleted".into() }],
+            t(5),
+        );
+        let r = polled(&mut s, &[("d2".into(), true)], t(6));
+        assert_eq!(r.released, BTreeSet::from(["node-a".to_owned()]));
     }
 
     /// Ready needs every desired instance registered, nothing extra owned, nothing in flight and no problem.
     #[test]
     fn conditions_follow_the_sync_state_and_keep_transition_times() {
-        let desired: BTreeSet<String> = ["ins-a".to_string()].into();
+        let desired: BTreeSet<Target> = [Target::classic("ins-a")].into();
         let mut s = ClbBackendBindingStatus { backends: vec![registered("ins-a")], ..Default::default() };
         summarize(&mut s, Some(3), &desired, false, None, t(10));
         assert_eq!(condition(&s, "Ready").status, "True");
@@ -500,7 +561,7 @@ mod tests {
             "unchanged status keeps its time"
         );
 
-        deregister_submitted(&mut s, 5, &[leave("ins-a", "x")], t(30));
+        deregister_submitted(&mut s, "5", &[leave("ins-a", "x")], t(30));
         summarize(&mut s, Some(3), &BTreeSet::new(), false, None, t(30));
         assert_eq!(condition(&s, "Ready").status, "False");
         assert_eq!(condition(&s, "Progressing").status, "True");

@@ -7,7 +7,7 @@ use std::{
 };
 
 use futures::{StreamExt, channel::mpsc, stream::BoxStream};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::ListParams,
@@ -33,6 +33,9 @@ pub type Changes<K> = BoxStream<'static, Result<K, watcher::Error>>;
 /// Metadata of a Secret, as the credentials cache keeps it.
 pub type SecretMeta = PartialObjectMeta<Secret>;
 
+/// Metadata of a Service (a change wakes the bindings whose listeners take a port from it).
+pub type ServiceMeta = PartialObjectMeta<Service>;
+
 /// The caches and the change streams behind them.
 pub struct Watches {
     /// Trimmed cache of every node.
@@ -50,6 +53,8 @@ pub struct Watches {
     pub pod_changes: Changes<SlimPod>,
     /// Secret changes (empty when Secrets are not watched).
     pub secret_changes: Changes<SecretMeta>,
+    /// Service changes (empty when Services are not watched).
+    pub service_changes: Changes<ServiceMeta>,
     /// Fires when a new list lacks objects seen before: every binding must look again.
     pub gone: mpsc::UnboundedReceiver<()>,
 }
@@ -97,7 +102,18 @@ pub async fn start(client: &Client, namespace: Option<&str>, signals: &Arc<Signa
     .boxed();
 
     let (secrets, secret_changes) = secret_watch(client, namespace).await;
-    Watches { nodes, pods, pod_scope, secrets, node_changes, pod_changes, secret_changes, gone }
+    let service_changes = service_watch(client, namespace).await;
+    Watches {
+        nodes,
+        pods,
+        pod_scope,
+        secrets,
+        node_changes,
+        pod_changes,
+        secret_changes,
+        service_changes,
+        gone,
+    }
 }
 
 fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -118,16 +134,52 @@ async fn secret_watch(
     client: &Client,
     namespace: Option<&str>,
 ) -> (Option<Store<SecretMeta>>, Changes<SecretMeta>) {
+    let why = "credentials are read on every reconcile";
+    metadata_watch(client, namespace, "Secrets", why).await
+}
+
+/// A metadata-only watch of the Services in scope, so that a binding whose listener takes its port from a
+/// Service follows a changed NodePort (any change bumps the resourceVersion); without list/watch permission a
+/// change is noticed at the next resync.
+async fn service_watch(client: &Client, namespace: Option<&str>) -> Changes<ServiceMeta> {
+    let why = "a changed NodePort is noticed at the next resync";
+    metadata_watch(client, namespace, "Services", why).await.1
+}
+
+/// A metadata-only watch of one kind, if the operator may list it: its store (names and versions) and its
+/// changes.
+async fn metadata_watch<K>(
+    client: &Client,
+    namespace: Option<&str>,
+    what: &str,
+    without: &str,
+) -> (Option<Store<PartialObjectMeta<K>>>, Changes<PartialObjectMeta<K>>)
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Send
+        + Sync
+        + std::fmt::Debug
+        + 'static,
+    K::DynamicType: Default + Clone + Eq + std::hash::Hash,
+    PartialObjectMeta<K>: Resource<DynamicType = K::DynamicType, Scope = k8s_openapi::NamespaceResourceScope>
+        + serde::de::DeserializeOwned
+        + Clone
+        + Send
+        + Sync
+        + std::fmt::Debug
+        + 'static,
+{
     // NB: an Api of PartialObjectMeta makes metadata-only requests.
-    let api: Api<SecretMeta> = scoped(client, namespace);
+    let api: Api<PartialObjectMeta<K>> = scoped(client, namespace);
     if let Err(e) = api.list(&ListParams::default().limit(1)).await {
-        info!(error = %e, "Not watching Secrets (no list/watch permission?); credentials are read on every reconcile");
+        info!(error = %e, "Not watching {what} (no list/watch permission?); {without}");
         return (None, futures::stream::empty().boxed());
     }
     let (store, writer) = reflector::store();
     let changes = reflector::reflector(
         writer,
-        watcher(api, watcher::Config::default()).modify(|s: &mut SecretMeta| {
+        watcher(api, watcher::Config::default()).modify(|s: &mut PartialObjectMeta<K>| {
             // Only the name and the version are read.
             let meta = &mut s.metadata;
             (meta.managed_fields, meta.annotations, meta.labels, meta.owner_references) =
@@ -136,10 +188,10 @@ async fn secret_watch(
     )
     .default_backoff()
     .filter_map(|event| {
-        // Changes only: a (re-)list of every Secret in scope must not wake every binding at once (at start, such
+        // Changes only: a (re-)list of every object in scope must not wake every binding at once (at start, such
         // wake-ups race the first reconcile of new bindings, whose finalizer the cache does not show yet).
         std::future::ready(match event {
-            Ok(watcher::Event::Apply(secret) | watcher::Event::Delete(secret)) => Some(Ok(secret)),
+            Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => Some(Ok(o)),
             Ok(_) => None,
             Err(e) => Some(Err(e)),
         })

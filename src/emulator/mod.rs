@@ -144,8 +144,15 @@ pub struct EmulatorConfig {
     pub credentials: Credentials,
     /// Initial faults; see [`EmulatorHandle::set_faults`].
     pub faults: Faults,
-    /// Most backends per Register/Deregister call (20).
+    /// Most backends per Register/Deregister call (20), API 2.0.
     pub max_batch: usize,
+    /// Most targets per API 3.0 RegisterTargets / DeregisterTargets / classic call (20).
+    pub max_targets: usize,
+    /// Most targets per BatchRegisterTargets / BatchDeregisterTargets call (500).
+    pub max_batch_targets: usize,
+    /// Whether the batch calls apply at once and hand out no task (a reading of the API that one Tencent
+    /// controller follows); by default they are tasks like every other write.
+    pub batch_sync: bool,
     /// Requests per second admitted per action; 0 (the default) admits all.
     pub qps: u32,
     /// Load balancers to start with.
@@ -168,6 +175,9 @@ impl Default for EmulatorConfig {
             credentials: Credentials::new(format!("AKID{}", random(32)), random(32), None),
             faults: Faults::default(),
             max_batch: 20,
+            max_targets: crate::clb::v3::MAX_TARGETS,
+            max_batch_targets: crate::clb::v3::MAX_BATCH_TARGETS,
+            batch_sync: false,
             qps: 0,
             load_balancers: Vec::new(),
             listeners: Vec::new(),
@@ -235,6 +245,19 @@ impl EmulatorHandle {
         self.endpoint.clone()
     }
 
+    /// The API 3.0 endpoint URL, `http://<addr>/` (the same server; requests with `X-TC-Action` are API 3.0).
+    pub fn v3_endpoint(&self) -> Url {
+        let mut url = self.endpoint.clone();
+        url.set_path("/");
+        url
+    }
+
+    /// Makes every API 3.0 batch call report `listeners` as failed in `FailListenerIdSet` (empty: none).
+    pub fn fail_listeners(&self, listeners: &[&str]) {
+        let owned: Vec<String> = listeners.iter().map(|l| l.to_string()).collect();
+        self.emulator.fail_listeners(&owned);
+    }
+
     /// The accepted credentials.
     pub fn credentials(&self) -> &Credentials {
         self.emulator.credentials()
@@ -285,7 +308,11 @@ impl Drop for EmulatorHandle {
 /// handle is shut down or dropped.
 pub async fn spawn(config: EmulatorConfig, listener: TcpListener) -> Result<EmulatorHandle, EmulatorError> {
     config.faults.validate().map_err(EmulatorError::Invalid)?;
-    if config.max_batch == 0 || config.timestamp_window.is_zero() {
+    if config.max_batch == 0
+        || config.max_targets == 0
+        || config.max_batch_targets == 0
+        || config.timestamp_window.is_zero()
+    {
         return Err(EmulatorError::Invalid("max_batch and timestamp_window must be positive".into()));
     }
     if config.credentials.secret_id().is_empty() || config.credentials.secret_key().is_empty() {

@@ -32,6 +32,8 @@ const NONCE_PRUNE_AT: usize = 4096;
 pub(crate) struct Emulator {
     credentials: Credentials,
     max_batch: usize,
+    /// API 3.0 call limits and batch behaviour.
+    limits: v3::Limits,
     timestamp_window_secs: i64,
     /// Per-action admission limiters (`--qps`), indexed by [`Action::index`]; `None` when unlimited.
     limiters: Option<[DefaultDirectRateLimiter; Action::ALL.len()]>,
@@ -158,6 +160,11 @@ impl Emulator {
         Self {
             credentials: config.credentials.clone(),
             max_batch: config.max_batch,
+            limits: v3::Limits {
+                max_targets: config.max_targets,
+                max_batch_targets: config.max_batch_targets,
+                batch_sync: config.batch_sync,
+            },
             timestamp_window_secs: i64::try_from(config.timestamp_window.as_secs()).unwrap_or(i64::MAX),
             limiters,
             faults: Mutex::new(config.faults),
@@ -171,6 +178,11 @@ impl Emulator {
 
     pub(crate) fn credentials(&self) -> &Credentials {
         &self.credentials
+    }
+
+    /// Makes every batch call report these listeners as failed (empty: none).
+    pub(crate) fn fail_listeners(&self, listeners: &[String]) {
+        lock(&self.v3).fail_listeners = listeners.iter().cloned().collect();
     }
 
     pub(crate) fn faults(&self) -> Faults {
@@ -234,23 +246,32 @@ impl Emulator {
                 let mut store = lock(&self.v3);
                 let changes = store.finish_due(at_ms, || rand::random::<f64>() < faults.task_fail_rate);
                 let due = at_ms + u64::try_from(faults.task_duration.as_millis()).unwrap_or(u64::MAX);
-                let reply = store.execute(action, body, &request_id, due, self.max_batch, &classic);
+                let reply = store.execute(action, body, &request_id, due, self.limits, &classic);
                 drop(store);
                 lock(&self.store).apply_classic(&changes);
                 reply
             });
         // The call log names the load balancer and the instances, as it does for v2.
         let parsed = serde_json::from_slice::<Value>(body).unwrap_or_default();
+        let listed = parsed.get("InstanceIds").and_then(Value::as_array).into_iter().flatten();
         let instance_ids = (parsed.get("Targets").and_then(Value::as_array).into_iter().flatten())
-            .filter_map(|t| t.get("InstanceId").and_then(Value::as_str).map(str::to_owned))
+            .filter_map(|t| t.get("InstanceId"))
+            .chain(listed)
+            .filter_map(|i| i.as_str().map(str::to_owned))
             .collect();
         let error = result.as_ref().err().map(|e| e.code.to_owned());
+        let task_id = match action {
+            "DescribeTaskStatus" => parsed.get("TaskId").and_then(Value::as_str).map(str::to_owned),
+            _ if error.is_none() && crate::clb::v3::is_write(action) => Some(request_id.clone()),
+            _ => None,
+        };
         let call = CallRecord {
             action: action.to_owned(),
             http_method: "POST".into(),
             load_balancer_id: parsed.get("LoadBalancerId").and_then(Value::as_str).map(str::to_owned),
             instance_ids,
             request_id: None,
+            task_id,
             code: i64::from(error.is_some()),
             error,
             at_ms,
@@ -273,6 +294,7 @@ impl Emulator {
             load_balancer_id: None,
             instance_ids: Vec::new(),
             request_id: None,
+            task_id: None,
             code: 0,
             error: None,
             at_ms,

@@ -127,6 +127,9 @@ pub struct CallRecord {
     /// The task started (Register/Deregister) or queried (DescribeLoadBalancersTaskResult).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<u64>,
+    /// API 3.0: the task a write started (its RequestId) or DescribeTaskStatus asked about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
     /// The `code` answered (0 = success; 1 for an API 3.0 error, whose code is in `error`).
     pub code: i64,
     /// The API 3.0 `Error.Code`, if one was answered.

@@ -3,7 +3,7 @@
 //! and asynchronous writes polled by their RequestId. A task's change shows when it is due; due tasks are
 //! applied before every v3 request and every state view, which is all anyone can see of them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -44,6 +44,37 @@ pub struct SeedListener {
     pub rules: Vec<SeedRule>,
 }
 
+/// `lb-x/lbl-y=TCP:80`, or for layer 7 `lb-x/lbl-y=HTTP:80,loc-1=a.example.com/path,...`.
+impl std::str::FromStr for SeedListener {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("`{s}` is not lb-x/lbl-y=PROTOCOL:PORT[,loc-z=DOMAIN/URL...]");
+        let (path, rest) = s.split_once('=').ok_or_else(bad)?;
+        let (lb, listener) = path.split_once('/').ok_or_else(bad)?;
+        let mut parts = rest.split(',');
+        let (protocol, port) = parts.next().and_then(|p| p.split_once(':')).ok_or_else(bad)?;
+        let port = port.parse().map_err(|_| bad())?;
+        let rules = parts
+            .map(|rule| {
+                let (loc, at) = rule.split_once('=').ok_or_else(bad)?;
+                let slash = at.find('/').ok_or_else(bad)?;
+                Ok(SeedRule { location_id: loc.into(), domain: at[..slash].into(), url: at[slash..].into() })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        if lb.is_empty() || listener.is_empty() {
+            return Err(bad());
+        }
+        Ok(Self {
+            load_balancer_id: lb.into(),
+            listener_id: listener.into(),
+            protocol: protocol.to_uppercase(),
+            port,
+            rules,
+        })
+    }
+}
+
 /// A target where it is bound: listener, rule (layer 7), instance and port.
 type TargetKey = (String, Option<String>, String, u16);
 
@@ -54,6 +85,20 @@ pub(crate) struct V3Store {
     /// Bound targets (and their weights) per load balancer.
     targets: BTreeMap<String, BTreeMap<TargetKey, u32>>,
     tasks: BTreeMap<String, V3Task>,
+    /// Listeners whose targets every batch call reports in `FailListenerIdSet` (a fault to inject).
+    pub(crate) fail_listeners: BTreeSet<String>,
+}
+
+/// How the v3 face limits and answers writes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Most targets per RegisterTargets / DeregisterTargets (and classic) call.
+    pub(crate) max_targets: usize,
+    /// Most targets per BatchRegisterTargets / BatchDeregisterTargets call.
+    pub(crate) max_batch_targets: usize,
+    /// Whether the batch calls apply at once and hand out no task (as one Tencent controller reads them);
+    /// otherwise they are tasks like the other writes.
+    pub(crate) batch_sync: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -235,9 +280,10 @@ impl V3Store {
         body: &[u8],
         request_id: &str,
         due_ms: u64,
-        max_targets: usize,
+        limits: Limits,
         classic: &Classic,
     ) -> Result<Value, V3Error> {
+        let max_targets = limits.max_targets;
         let parse = |e: serde_json::Error| error("InvalidParameter.FormatError", e.to_string());
         #[derive(Deserialize)]
         #[serde(rename_all = "PascalCase")]
@@ -294,6 +340,17 @@ impl V3Store {
                 let req: TargetsRequest = serde_json::from_slice(body).map_err(parse)?;
                 self.submit(action == "RegisterTargets", &req, request_id, due_ms, max_targets)
             }
+            "BatchRegisterTargets" | "BatchDeregisterTargets" => {
+                #[derive(Deserialize)]
+                #[serde(rename_all = "PascalCase")]
+                struct Req {
+                    load_balancer_id: String,
+                    targets: Vec<v3::BatchTarget>,
+                }
+                let req: Req = serde_json::from_slice(body).map_err(parse)?;
+                let register = action == "BatchRegisterTargets";
+                self.submit_batch(register, &req.load_balancer_id, &req.targets, request_id, due_ms, limits)
+            }
             "DescribeTaskStatus" => {
                 #[derive(Deserialize)]
                 #[serde(rename_all = "PascalCase")]
@@ -309,6 +366,71 @@ impl V3Store {
             }
             other => Err(error("InvalidAction", format!("action {other} is not supported"))),
         }
+    }
+
+    /// A batch call across listeners: targets of listeners that do not exist, of a rule that does not, or of a
+    /// listener in `fail_listeners` are refused together, named in `FailListenerIdSet`; the rest is applied (at
+    /// once, or as a task).
+    fn submit_batch(
+        &mut self,
+        register: bool,
+        lb: &str,
+        items: &[v3::BatchTarget],
+        request_id: &str,
+        due_ms: u64,
+        limits: Limits,
+    ) -> Result<Value, V3Error> {
+        let listeners = self.listeners.get(lb).ok_or_else(|| not_found(lb))?.clone();
+        if items.is_empty() || items.len() > limits.max_batch_targets {
+            let message = format!("1 to {} targets per call", limits.max_batch_targets);
+            return Err(error("InvalidParameterValue.Length", message));
+        }
+        let mut failed = BTreeSet::new();
+        let mut targets = Vec::new();
+        for t in items {
+            let instance =
+                t.instance_id.clone().ok_or_else(|| error("MissingParameter", "Targets.InstanceId"))?;
+            let Some(listener) = listeners.iter().find(|l| l.listener_id == t.listener_id) else {
+                failed.insert(t.listener_id.clone());
+                continue;
+            };
+            let layer7 = listener.protocol == "HTTP" || listener.protocol == "HTTPS";
+            let rule_ok = match &t.location_id {
+                Some(loc) => layer7 && listener.rules.iter().any(|r| &r.location_id == loc),
+                None => !layer7,
+            };
+            if !rule_ok || self.fail_listeners.contains(&t.listener_id) {
+                failed.insert(t.listener_id.clone());
+                continue;
+            }
+            let key = (t.listener_id.clone(), t.location_id.clone(), instance, t.port);
+            targets.push((key, t.weight.unwrap_or(10).min(100)));
+        }
+        // Targets of a failed listener are not applied, even those listed before the failure was found.
+        targets.retain(|(key, _)| !failed.contains(&key.0));
+        let message = match failed.is_empty() {
+            true => Value::Null,
+            false => Value::from(format!(
+                "Listener {} not exists.",
+                failed.iter().cloned().collect::<Vec<_>>().join(",")
+            )),
+        };
+        let answer = json!({"FailListenerIdSet": failed.iter().collect::<Vec<_>>(), "Message": message});
+        if limits.batch_sync {
+            let bound = self.targets.entry(lb.to_owned()).or_default();
+            for (key, weight) in targets {
+                if register {
+                    bound.insert(key, weight);
+                } else {
+                    bound.remove(&key);
+                }
+            }
+            return Ok(answer);
+        }
+        let task =
+            V3Task { status: 2, due_ms, load_balancer: lb.to_owned(), register, targets, classic: None };
+        self.tasks.insert(request_id.to_owned(), task);
+        Ok(answer)
     }
 
     fn describe_load_balancers(&self, classic: &Classic) -> Value {
@@ -458,6 +580,8 @@ impl V3Store {
 mod tests {
     use super::*;
 
+    const LIMITS: Limits = Limits { max_targets: 20, max_batch_targets: 500, batch_sync: false };
+
     fn store() -> V3Store {
         V3Store::new(&[
             SeedListener {
@@ -483,8 +607,41 @@ mod tests {
 
     fn targets(store: &mut V3Store) -> Value {
         store
-            .execute("DescribeTargets", br#"{"LoadBalancerId":"lb-1"}"#, "r", 0, 20, &Classic::new())
+            .execute("DescribeTargets", br#"{"LoadBalancerId":"lb-1"}"#, "r", 0, LIMITS, &Classic::new())
             .unwrap()
+    }
+
+    /// Listeners are seeded from the command line in one compact form.
+    #[test]
+    fn listeners_parse_from_the_command_line() {
+        let l: SeedListener = "lb-1/lbl-web=http:80,loc-1=a.example/,loc-2=b.example/api".parse().unwrap();
+        assert_eq!((l.protocol.as_str(), l.port, l.rules.len()), ("HTTP", 80, 2));
+        assert_eq!((l.rules[1].domain.as_str(), l.rules[1].url.as_str()), ("b.example", "/api"));
+        assert!("lb-1=TCP:80".parse::<SeedListener>().is_err());
+        assert!("lb-1/lbl-1=TCP".parse::<SeedListener>().is_err());
+    }
+
+    /// A batch call applies the targets of good listeners and names the others in FailListenerIdSet; in the
+    /// synchronous mode it applies at once and hands out no task.
+    #[test]
+    fn batch_calls_fail_per_listener_and_may_be_synchronous() {
+        let mut s = store();
+        s.fail_listeners.insert("lbl-tcp".into());
+        let body = br#"{"LoadBalancerId":"lb-1","Targets":[
+            {"ListenerId":"lbl-tcp","Port":80,"InstanceId":"ins-a"},
+            {"ListenerId":"lbl-http","LocationId":"loc-1","Port":80,"InstanceId":"ins-a"},
+            {"ListenerId":"lbl-gone","Port":80,"InstanceId":"ins-a"}]}"#;
+        let answer = s.execute("BatchRegisterTargets", body, "b1", 0, LIMITS, &Classic::new()).unwrap();
+        assert_eq!(answer["FailListenerIdSet"], json!(["lbl-gone", "lbl-tcp"]));
+        s.finish_due(1, || false);
+        let bound: Vec<_> = s.view()["lb-1"].iter().map(|t| t.listener_id.clone()).collect();
+        assert_eq!(bound, ["lbl-http"], "only the good listener's target");
+        let sync = Limits { batch_sync: true, ..LIMITS };
+        let dereg = br#"{"LoadBalancerId":"lb-1","Targets":[{"ListenerId":"lbl-http","LocationId":"loc-1","Port":80,"InstanceId":"ins-a"}]}"#;
+        s.execute("BatchDeregisterTargets", dereg, "b2", 0, sync, &Classic::new()).unwrap();
+        assert!(s.view()["lb-1"].is_empty(), "applied at once");
+        let unknown = s.execute("DescribeTaskStatus", br#"{"TaskId":"b2"}"#, "q", 0, LIMITS, &Classic::new());
+        assert_eq!(unknown.unwrap_err().code, "InvalidParameter", "no task for a synchronous call");
     }
 
     /// A Register task binds its targets only once it succeeds; Deregister of an unbound target is refused with a
@@ -493,14 +650,14 @@ mod tests {
     fn writes_are_tasks_and_errors_have_their_codes() {
         let mut s = store();
         let body = br#"{"LoadBalancerId":"lb-1","ListenerId":"lbl-http","LocationId":"loc-1","Targets":[{"Port":30080,"InstanceId":"ins-a"}]}"#;
-        s.execute("RegisterTargets", body, "t1", 100, 20, &Classic::new()).unwrap();
+        s.execute("RegisterTargets", body, "t1", 100, LIMITS, &Classic::new()).unwrap();
         let task = |s: &mut V3Store, id: &str| {
             s.execute(
                 "DescribeTaskStatus",
                 format!(r#"{{"TaskId":"{id}"}}"#).as_bytes(),
                 "q",
                 0,
-                20,
+                LIMITS,
                 &Classic::new(),
             )
             .unwrap()
@@ -513,23 +670,23 @@ mod tests {
 
         let unbound = br#"{"LoadBalancerId":"lb-1","ListenerId":"lbl-tcp","Targets":[{"Port":1,"InstanceId":"ins-a"}]}"#;
         assert_eq!(
-            s.execute("DeregisterTargets", unbound, "t2", 0, 20, &Classic::new()).unwrap_err().code,
+            s.execute("DeregisterTargets", unbound, "t2", 0, LIMITS, &Classic::new()).unwrap_err().code,
             "InvalidParameter"
         );
         let lost =
             br#"{"LoadBalancerId":"lb-1","ListenerId":"lbl-x","Targets":[{"Port":1,"InstanceId":"ins-a"}]}"#;
         assert_eq!(
-            s.execute("RegisterTargets", lost, "t3", 0, 20, &Classic::new()).unwrap_err().code,
+            s.execute("RegisterTargets", lost, "t3", 0, LIMITS, &Classic::new()).unwrap_err().code,
             "InvalidParameter.ListenerIdNotFound"
         );
         let no_rule = br#"{"LoadBalancerId":"lb-1","ListenerId":"lbl-http","LocationId":"loc-9","Targets":[{"Port":1,"InstanceId":"ins-a"}]}"#;
         assert_eq!(
-            s.execute("RegisterTargets", no_rule, "t4", 0, 20, &Classic::new()).unwrap_err().code,
+            s.execute("RegisterTargets", no_rule, "t4", 0, LIMITS, &Classic::new()).unwrap_err().code,
             "InvalidParameter.LocationNotFound"
         );
         let no_lb = br#"{"LoadBalancerId":"lb-9","ListenerId":"lbl-tcp","Targets":[{"Port":1,"InstanceId":"ins-a"}]}"#;
         assert_eq!(
-            s.execute("RegisterTargets", no_lb, "t5", 0, 20, &Classic::new()).unwrap_err().code,
+            s.execute("RegisterTargets", no_lb, "t5", 0, LIMITS, &Classic::new()).unwrap_err().code,
             "InvalidParameter.LBIdNotFound"
         );
     }
@@ -540,19 +697,26 @@ mod tests {
     fn classic_load_balancers_go_through_the_classical_actions() {
         let mut s = store();
         let classic: Classic = [("lb-c".to_owned(), [("ins-a".to_owned(), 10)].into())].into();
-        let lbs = s.execute("DescribeLoadBalancers", b"{}", "r", 0, 20, &classic).unwrap();
+        let lbs = s.execute("DescribeLoadBalancers", b"{}", "r", 0, LIMITS, &classic).unwrap();
         assert_eq!(lbs["LoadBalancerSet"][1], json!({"LoadBalancerId": "lb-c", "Forward": 0}));
-        let read =
-            s.execute("DescribeClassicalLBTargets", br#"{"LoadBalancerId":"lb-c"}"#, "r", 0, 20, &classic);
+        let read = s.execute(
+            "DescribeClassicalLBTargets",
+            br#"{"LoadBalancerId":"lb-c"}"#,
+            "r",
+            0,
+            LIMITS,
+            &classic,
+        );
         assert_eq!(read.unwrap()["Targets"][0]["InstanceId"], "ins-a");
         let body = br#"{"LoadBalancerId":"lb-c","Targets":[{"InstanceId":"ins-b","Weight":5}]}"#;
-        s.execute("RegisterTargetsWithClassicalLB", body, "t1", 10, 20, &classic).unwrap();
+        s.execute("RegisterTargetsWithClassicalLB", body, "t1", 10, LIMITS, &classic).unwrap();
         let gone = br#"{"LoadBalancerId":"lb-c","InstanceIds":["ins-z"]}"#;
-        let refused = s.execute("DeregisterTargetsFromClassicalLB", gone, "t2", 10, 20, &classic);
+        let refused = s.execute("DeregisterTargetsFromClassicalLB", gone, "t2", 10, LIMITS, &classic);
         assert_eq!(refused.unwrap_err().code, "InvalidParameter");
         assert_eq!(s.finish_due(10, || false), [("lb-c".to_owned(), true, vec![("ins-b".to_owned(), 5)])]);
-        let listeners =
-            s.execute("DescribeListeners", br#"{"LoadBalancerId":"lb-1"}"#, "r", 0, 20, &classic).unwrap();
+        let listeners = s
+            .execute("DescribeListeners", br#"{"LoadBalancerId":"lb-1"}"#, "r", 0, LIMITS, &classic)
+            .unwrap();
         assert_eq!(listeners["Listeners"][1]["Rules"][0]["LocationId"], "loc-1");
     }
 

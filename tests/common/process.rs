@@ -76,6 +76,9 @@ impl OperatorCommand {
         };
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_clb-operator"));
         cmd.args(["run", "--clb-endpoint", self.endpoint.as_str()]);
+        if !self.args.iter().any(|a| a.starts_with("--clb-api")) {
+            cmd.args(["--clb-api", api_of(&self.endpoint).as_str()]);
+        }
         if let Some(ns) = &self.namespace {
             cmd.args(["--namespace", ns]);
         }
@@ -97,6 +100,12 @@ impl OperatorCommand {
             .expect("start the operator binary");
         OperatorProcess { child, port, log: self.log }
     }
+}
+
+/// The API an emulator endpoint speaks: `/v2/index.php` is API 2.0, `/` API 3.0 (the emulator serves both).
+pub fn api_of(endpoint: &url::Url) -> clb_operator::clb::cloud::ClbApi {
+    use clb_operator::clb::cloud::ClbApi;
+    if endpoint.path().starts_with("/v2") { ClbApi::V2 } else { ClbApi::V3 }
 }
 
 impl OperatorProcess {

@@ -41,6 +41,7 @@ pub fn run_config(t: &TestNs, emu: &EmulatorHandle) -> Config {
     let defaults = Config::default();
     Config {
         namespace: Some(t.ns.clone()),
+        api: super::process::api_of(&emu.endpoint()),
         clb: ClientConfig { endpoint: emu.endpoint(), rate_limit_per_second: 50, ..defaults.clb },
         http_addr: "127.0.0.1:0".parse().unwrap(),
         concurrency: 4,
