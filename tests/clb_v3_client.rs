@@ -53,6 +53,7 @@ fn targets(instance: &str) -> TargetsRequest {
         location_id: None,
         domain: None,
         url: None,
+        weight: None,
     }
 }
 

@@ -62,6 +62,7 @@ async fn tencents_python_sdk_drives_the_v3_emulator() {
     let seen: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
     assert_eq!(seen["registered"], 0, "{seen}");
     assert_eq!(seen["after_register"], serde_json::json!([["ins-sdk0001", 30080]]), "{seen}");
+    assert_eq!(seen["after_register_get"], seen["after_register"], "GET signed by the SDK: {seen}");
     assert_eq!(seen["deregistered"], 0, "{seen}");
     assert_eq!(seen["after_deregister"], serde_json::json!([]), "{seen}");
     assert_eq!(seen["wrong_key"], "AuthFailure.SignatureFailure", "{seen}");
@@ -72,4 +73,9 @@ async fn tencents_python_sdk_drives_the_v3_emulator() {
     assert!(answered.contains(&("RegisterTargets", None)), "{answered:?}");
     assert!(answered.contains(&("DeregisterTargets", None)), "{answered:?}");
     assert!(answered.contains(&("DescribeTargets", Some("AuthFailure.SignatureFailure"))), "{answered:?}");
+    let got = state
+        .calls
+        .iter()
+        .any(|c| c.action == "DescribeTargets" && c.http_method == "GET" && c.error.is_none());
+    assert!(got, "the SDK's GET was accepted: {:?}", state.calls);
 }

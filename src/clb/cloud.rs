@@ -200,6 +200,11 @@ pub trait Cloud: Send + Sync {
     /// Deregisters `targets`, in as few calls as the API allows; one result per call.
     fn deregister<'a>(&'a self, lb: &'a str, targets: &'a [Target]) -> BoxFuture<'a, Vec<Batch>>;
 
+    /// Sets the weight (0..=100) of bound `targets`; 0 keeps them bound without new connections. Listener
+    /// targets only: classic CLBs have no weight call under API 3.0, and API 2.0 none here.
+    fn set_weight<'a>(&'a self, lb: &'a str, targets: &'a [Target], weight: u32)
+    -> BoxFuture<'a, Vec<Batch>>;
+
     /// One look at task `id`.
     fn task<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<TaskState, CloudError>>;
 }

@@ -92,6 +92,18 @@ impl Cloud for V2Cloud {
         .boxed()
     }
 
+    fn set_weight<'a>(
+        &'a self,
+        _lb: &'a str,
+        targets: &'a [Target],
+        _weight: u32,
+    ) -> BoxFuture<'a, Vec<Batch>> {
+        let message = "changing weights needs CLB API 3.0 and an application CLB".to_owned();
+        let refused =
+            vec![Batch { targets: targets.to_vec(), result: Err(CloudError::Unsupported(message)) }];
+        futures::future::ready(refused).boxed()
+    }
+
     fn task<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<TaskState, CloudError>> {
         async move {
             // An id this API did not hand out (not a number) cannot be one of its tasks.

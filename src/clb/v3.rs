@@ -177,6 +177,9 @@ pub struct TargetsRequest {
     /// A layer-7 rule's URL path, with `Domain`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// ModifyTargetWeight only: the weight of targets that give none of their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
 }
 
 /// A target of a batch call: any listener of the load balancer.
@@ -445,6 +448,7 @@ mod tests {
             location_id: Some("loc-1".into()),
             domain: None,
             url: None,
+            weight: None,
         };
         assert_eq!(
             serde_json::to_string(&request).unwrap(),

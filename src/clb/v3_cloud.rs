@@ -121,14 +121,8 @@ impl V3Cloud {
     /// Per-listener (and per-rule) RegisterTargets / DeregisterTargets in twenties.
     async fn per_listener(&self, lb: &str, targets: &[Target], weight: Option<u32>) -> Vec<Batch> {
         let action = if weight.is_some() { Action::RegisterTargets } else { Action::DeregisterTargets };
-        let mut groups: BTreeMap<(String, Option<String>), Vec<Target>> = BTreeMap::new();
-        for t in targets {
-            if let Some(at) = &t.at {
-                groups.entry((at.listener_id.clone(), at.location_id.clone())).or_default().push(t.clone());
-            }
-        }
         let mut out = Vec::new();
-        for ((listener_id, location_id), group) in groups {
+        for ((listener_id, location_id), group) in by_rule(targets) {
             for chunk in group.chunks(v3::MAX_TARGETS) {
                 let request = TargetsRequest {
                     load_balancer_id: lb.to_owned(),
@@ -148,6 +142,7 @@ impl V3Cloud {
                     location_id: location_id.clone(),
                     domain: None,
                     url: None,
+                    weight: None,
                 };
                 out.extend(self.write(lb, action, &request, chunk, weight.is_some()).await);
             }
@@ -244,6 +239,7 @@ impl V3Cloud {
                 location_id: at.location_id.clone(),
                 domain: None,
                 url: None,
+                weight: None,
             };
             let result = self.client.call::<Empty>(Action::DeregisterTargets, &request).await;
             out.push(Batch {
@@ -282,6 +278,17 @@ impl V3Cloud {
 /// Whether the API refused a batch call as such (not its content): then the per-listener calls are used.
 fn is_unsupported(e: &V3CallError) -> bool {
     matches!(e, V3CallError::Api { error, .. } if error.code.starts_with("UnsupportedOperation") || error.code == "InvalidAction")
+}
+
+/// Listener targets grouped by (listener, rule), for the calls that take one listener or rule at a time.
+fn by_rule(targets: &[Target]) -> BTreeMap<(String, Option<String>), Vec<Target>> {
+    let mut groups: BTreeMap<(String, Option<String>), Vec<Target>> = BTreeMap::new();
+    for t in targets {
+        if let Some(at) = &t.at {
+            groups.entry((at.listener_id.clone(), at.location_id.clone())).or_default().push(t.clone());
+        }
+    }
+    groups
 }
 
 fn listeners_of(targets: &[Target]) -> Vec<String> {
@@ -384,6 +391,51 @@ impl Cloud for V3Cloud {
 
     fn deregister<'a>(&'a self, lb: &'a str, targets: &'a [Target]) -> BoxFuture<'a, Vec<Batch>> {
         self.submit(lb, targets, None).boxed()
+    }
+
+    fn set_weight<'a>(
+        &'a self,
+        lb: &'a str,
+        targets: &'a [Target],
+        weight: u32,
+    ) -> BoxFuture<'a, Vec<Batch>> {
+        async move {
+            let (listed, classic): (Vec<Target>, Vec<Target>) =
+                targets.iter().cloned().partition(|t| t.at.is_some());
+            let mut out = Vec::new();
+            if !classic.is_empty() {
+                let message = "classic CLBs have no weight call under CLB API 3.0".to_owned();
+                out.push(Batch { targets: classic, result: Err(CloudError::Unsupported(message)) });
+            }
+            for ((listener_id, location_id), group) in by_rule(&listed) {
+                for chunk in group.chunks(v3::MAX_TARGETS) {
+                    let request = TargetsRequest {
+                        load_balancer_id: lb.to_owned(),
+                        listener_id: listener_id.clone(),
+                        targets: chunk
+                            .iter()
+                            .filter_map(|t| {
+                                Some(v3::Target {
+                                    port: t.at.as_ref()?.port,
+                                    instance_id: Some(t.instance.clone()),
+                                    eni_ip: None,
+                                    weight: None,
+                                })
+                            })
+                            .collect(),
+                        location_id: location_id.clone(),
+                        domain: None,
+                        url: None,
+                        weight: Some(weight.min(100)),
+                    };
+                    let result = self.client.call::<Empty>(Action::ModifyTargetWeight, &request).await;
+                    let result = result.map(|(id, _)| Submitted::Task(id)).map_err(Into::into);
+                    out.push(Batch { targets: chunk.to_vec(), result });
+                }
+            }
+            out
+        }
+        .boxed()
     }
 
     fn task<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<TaskState, CloudError>> {

@@ -46,6 +46,10 @@ pub struct EmulatorArgs {
     /// Make the API 3.0 batch calls apply at once and hand out no task (by default they are tasks).
     #[arg(long)]
     pub batch_sync: bool,
+    /// Refuse an API 3.0 write on a load balancer that runs another task with
+    /// FailedOperation.ResourceInOperating.
+    #[arg(long)]
+    pub resource_in_operating: bool,
     /// An API 3.0 application load balancer's listener to start with (repeatable):
     /// `lb-x/lbl-y=TCP:80`, or `lb-x/lbl-y=HTTP:80,loc-1=a.example.com/path` with layer-7 rules.
     #[arg(long = "listener", value_name = "LB/LISTENER=PROTOCOL:PORT[,RULE=DOMAIN/URL...]")]
@@ -83,6 +87,7 @@ impl EmulatorArgs {
             max_targets: self.max_targets,
             max_batch_targets: self.max_batch_targets,
             batch_sync: self.batch_sync,
+            resource_in_operating: self.resource_in_operating,
             qps: self.qps,
             load_balancers: self.load_balancers,
             listeners: self.listeners,

@@ -153,6 +153,9 @@ pub struct EmulatorConfig {
     /// Whether the batch calls apply at once and hand out no task (a reading of the API that one Tencent
     /// controller follows); by default they are tasks like every other write.
     pub batch_sync: bool,
+    /// Whether an API 3.0 write on a load balancer that runs another task is answered
+    /// `FailedOperation.ResourceInOperating`, as the real CLB may do.
+    pub resource_in_operating: bool,
     /// Requests per second admitted per action; 0 (the default) admits all.
     pub qps: u32,
     /// Load balancers to start with.
@@ -178,6 +181,7 @@ impl Default for EmulatorConfig {
             max_targets: crate::clb::v3::MAX_TARGETS,
             max_batch_targets: crate::clb::v3::MAX_BATCH_TARGETS,
             batch_sync: false,
+            resource_in_operating: false,
             qps: 0,
             load_balancers: Vec::new(),
             listeners: Vec::new(),

@@ -34,6 +34,8 @@ pub(crate) struct Emulator {
     max_batch: usize,
     /// API 3.0 call limits and batch behaviour.
     limits: v3::Limits,
+    /// Whether an API 3.0 write on a load balancer with a running task is refused as ResourceInOperating.
+    in_operating: bool,
     timestamp_window_secs: i64,
     /// Per-action admission limiters (`--qps`), indexed by [`Action::index`]; `None` when unlimited.
     limiters: Option<[DefaultDirectRateLimiter; Action::ALL.len()]>,
@@ -46,6 +48,15 @@ pub(crate) struct Emulator {
     pub(crate) task_added: Notify,
     /// Wakes the state-file writer when the persistent state changed.
     pub(crate) changed: Notify,
+}
+
+/// An API 3.0 request as it arrived.
+struct V3Request<'a> {
+    method: &'a str,
+    query: &'a str,
+    headers: &'a HeaderMap,
+    host: &'a str,
+    body: &'a [u8],
 }
 
 /// Locks a mutex even if a panicking thread poisoned it: every critical section leaves the data consistent
@@ -165,6 +176,7 @@ impl Emulator {
                 max_batch_targets: config.max_batch_targets,
                 batch_sync: config.batch_sync,
             },
+            in_operating: config.resource_in_operating,
             timestamp_window_secs: i64::try_from(config.timestamp_window.as_secs()).unwrap_or(i64::MAX),
             limiters,
             faults: Mutex::new(config.faults),
@@ -219,10 +231,22 @@ impl Emulator {
     }
 
     /// Answers one API 3.0 request (the `X-TC-Action` header names the action) and logs it.
-    fn serve_v3(&self, action: &str, headers: &HeaderMap, host: &str, body: &[u8], at_ms: u64) -> Value {
+    fn serve_v3(&self, action: &str, request: V3Request<'_>, at_ms: u64) -> Value {
+        let V3Request { method, query, headers, host, body } = request;
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let request_id = v3::request_id();
+        // A GET carries its parameters in the query string; they are read as the JSON a POST would send.
+        let from_query;
+        let params: &[u8] = match method {
+            "GET" => {
+                from_query = serde_json::to_vec(&v3::query_to_json(query)).unwrap_or_default();
+                &from_query
+            }
+            _ => body,
+        };
         let signed = v3::Signed {
+            method,
+            query: if method == "GET" { query } else { "" },
             authorization: header("authorization"),
             timestamp: header("x-tc-timestamp"),
             token: header("x-tc-token"),
@@ -246,13 +270,25 @@ impl Emulator {
                 let mut store = lock(&self.v3);
                 let changes = store.finish_due(at_ms, || rand::random::<f64>() < faults.task_fail_rate);
                 let due = at_ms + u64::try_from(faults.task_duration.as_millis()).unwrap_or(u64::MAX);
-                let reply = store.execute(action, body, &request_id, due, self.limits, &classic);
+                let lb = serde_json::from_slice::<Value>(params)
+                    .ok()
+                    .and_then(|v| v.get("LoadBalancerId").and_then(Value::as_str).map(str::to_owned));
+                if self.in_operating
+                    && crate::clb::v3::is_write(action)
+                    && lb.is_some_and(|lb| store.busy(&lb, at_ms))
+                {
+                    return Err(v3::V3Error {
+                        code: "FailedOperation.ResourceInOperating",
+                        message: "another task runs on the load balancer".into(),
+                    });
+                }
+                let reply = store.execute(action, params, &request_id, due, self.limits, &classic);
                 drop(store);
                 lock(&self.store).apply_classic(&changes);
                 reply
             });
         // The call log names the load balancer and the instances, as it does for v2.
-        let parsed = serde_json::from_slice::<Value>(body).unwrap_or_default();
+        let parsed = serde_json::from_slice::<Value>(params).unwrap_or_default();
         let listed = parsed.get("InstanceIds").and_then(Value::as_array).into_iter().flatten();
         let instance_ids = (parsed.get("Targets").and_then(Value::as_array).into_iter().flatten())
             .filter_map(|t| t.get("InstanceId"))
@@ -267,7 +303,7 @@ impl Emulator {
         };
         let call = CallRecord {
             action: action.to_owned(),
-            http_method: "POST".into(),
+            http_method: method.to_owned(),
             load_balancer_id: parsed.get("LoadBalancerId").and_then(Value::as_str).map(str::to_owned),
             instance_ids,
             request_id: None,
@@ -546,7 +582,9 @@ async fn api(
         .unwrap_or_default();
     // API 3.0 names its action in a header; API 2.0 in a parameter.
     if let Some(action) = headers.get("x-tc-action").and_then(|v| v.to_str().ok()) {
-        return Json(emulator.serve_v3(action, &headers, host, &body, at_ms));
+        let query = uri.query().unwrap_or_default();
+        let request = V3Request { method: method.as_str(), query, headers: &headers, host, body: &body };
+        return Json(emulator.serve_v3(action, request, at_ms));
     }
     let request = decode_request(&method, host, uri.path(), uri.query(), &body);
     Json(emulator.serve(request, method.as_str(), at_ms))

@@ -120,6 +120,51 @@ pub(crate) type ClassicChange = (String, bool, Vec<(String, u32)>);
 /// The classic load balancers (the API 2.0 state): backends and weights by load balancer.
 pub(crate) type Classic = BTreeMap<String, BTreeMap<String, u32>>;
 
+/// The JSON object a GET's query string stands for: `ListenerIds.0=lbl-1&Targets.0.Port=80` is
+/// `{"ListenerIds": ["lbl-1"], "Targets": [{"Port": 80}]}`. Values of the numeric fields the emulator reads
+/// become numbers; the rest stay strings.
+pub(crate) fn query_to_json(query: &str) -> Value {
+    const NUMERIC: [&str; 6] = ["Port", "Weight", "Forward", "Offset", "Limit", "Status"];
+    let mut root = Value::Object(Default::default());
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        let parts: Vec<&str> = key.split('.').collect();
+        let leaf = parts.last().copied().unwrap_or_default();
+        let value = match value.parse::<i64>() {
+            Ok(n) if NUMERIC.contains(&leaf) => Value::from(n),
+            _ => Value::from(value.into_owned()),
+        };
+        insert(&mut root, &parts, value);
+    }
+    root
+}
+
+fn insert(node: &mut Value, path: &[&str], value: Value) {
+    let Some((head, rest)) = path.split_first() else {
+        *node = value;
+        return;
+    };
+    let child = match head.parse::<usize>() {
+        Ok(i) => {
+            if !node.is_array() {
+                *node = Value::Array(Vec::new());
+            }
+            let Some(items) = node.as_array_mut() else { return };
+            while items.len() <= i {
+                items.push(Value::Null);
+            }
+            &mut items[i]
+        }
+        Err(_) => {
+            if !node.is_object() {
+                *node = Value::Object(Default::default());
+            }
+            let Some(map) = node.as_object_mut() else { return };
+            map.entry(head.to_string()).or_insert(Value::Null)
+        }
+    };
+    insert(child, rest, value);
+}
+
 /// Why a v3 request was refused: its `Error.Code` and `Message`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct V3Error {
@@ -159,6 +204,10 @@ pub(crate) fn envelope(request_id: &str, result: Result<Value, V3Error>) -> Valu
 
 /// What the TC3 check needs of a request.
 pub(crate) struct Signed<'a> {
+    /// `POST` or `GET`.
+    pub(crate) method: &'a str,
+    /// The raw query string (GET).
+    pub(crate) query: &'a str,
     pub(crate) authorization: Option<&'a str>,
     pub(crate) timestamp: Option<&'a str>,
     pub(crate) token: Option<&'a str>,
@@ -183,10 +232,10 @@ pub(crate) fn authenticate(
         .and_then(|t| t.parse().ok())
         .ok_or_else(|| error("MissingParameter", "X-TC-Timestamp is missing or not an integer"))?;
     let input = Tc3Input {
-        method: "POST",
+        method: request.method,
         host: request.host,
         path: "/",
-        query: "",
+        query: request.query,
         content_type: request.content_type,
         payload: request.body,
         service: v3::SERVICE,
@@ -351,6 +400,10 @@ impl V3Store {
                 let register = action == "BatchRegisterTargets";
                 self.submit_batch(register, &req.load_balancer_id, &req.targets, request_id, due_ms, limits)
             }
+            "ModifyTargetWeight" => {
+                let req: TargetsRequest = serde_json::from_slice(body).map_err(parse)?;
+                self.modify_weight(&req, request_id, due_ms, max_targets)
+            }
             "DescribeTaskStatus" => {
                 #[derive(Deserialize)]
                 #[serde(rename_all = "PascalCase")]
@@ -431,6 +484,53 @@ impl V3Store {
             V3Task { status: 2, due_ms, load_balancer: lb.to_owned(), register, targets, classic: None };
         self.tasks.insert(request_id.to_owned(), task);
         Ok(answer)
+    }
+
+    /// ModifyTargetWeight: a task that sets the weight of bound targets of one listener or rule (the request's
+    /// `Weight` for targets without their own).
+    fn modify_weight(
+        &mut self,
+        req: &TargetsRequest,
+        request_id: &str,
+        due_ms: u64,
+        max_targets: usize,
+    ) -> Result<Value, V3Error> {
+        let listener = self.listener(&req.load_balancer_id, &req.listener_id)?.clone();
+        if req.targets.is_empty() || req.targets.len() > max_targets {
+            return Err(error(
+                "InvalidParameterValue.Length",
+                format!("1 to {max_targets} targets per call"),
+            ));
+        }
+        let location = match &req.location_id {
+            Some(loc) if listener.rules.iter().any(|r| &r.location_id == loc) => Some(loc.clone()),
+            Some(_) => {
+                return Err(error("InvalidParameter.LocationNotFound", "no such rule on the listener"));
+            }
+            None => None,
+        };
+        let bound = self.targets.get(&req.load_balancer_id);
+        let mut targets = Vec::new();
+        for t in &req.targets {
+            let instance =
+                t.instance_id.clone().ok_or_else(|| error("MissingParameter", "Targets.InstanceId"))?;
+            let key = (req.listener_id.clone(), location.clone(), instance, t.port);
+            if !bound.is_some_and(|b| b.contains_key(&key)) {
+                return Err(error("InvalidParameter", format!("{} port {} is not bound", key.2, key.3)));
+            }
+            let weight = t.weight.or(req.weight).unwrap_or(10).min(100);
+            targets.push((key, weight));
+        }
+        // A weight change is a Register over bound targets: it replaces their weights when the task ends.
+        let load_balancer = req.load_balancer_id.clone();
+        let task = V3Task { status: 2, due_ms, load_balancer, register: true, targets, classic: None };
+        self.tasks.insert(request_id.to_owned(), task);
+        Ok(json!({}))
+    }
+
+    /// Whether a write task on `lb` is still running at `now_ms` (the CLB is "in operation").
+    pub(crate) fn busy(&self, lb: &str, now_ms: u64) -> bool {
+        self.tasks.values().any(|t| t.status == 2 && t.due_ms > now_ms && t.load_balancer == lb)
     }
 
     fn describe_load_balancers(&self, classic: &Classic) -> Value {
@@ -611,6 +711,37 @@ mod tests {
             .unwrap()
     }
 
+    /// A GET's query string is read as the JSON object it flattens.
+    #[test]
+    fn queries_unflatten_to_json() {
+        let v = query_to_json(
+            "LoadBalancerId=lb-1&ListenerIds.0=lbl-1&ListenerIds.1=lbl-2&Targets.0.Port=80&Targets.0.InstanceId=ins-a&Name=a+b%26c",
+        );
+        assert_eq!(
+            v,
+            json!({"LoadBalancerId": "lb-1", "ListenerIds": ["lbl-1", "lbl-2"],
+                "Targets": [{"Port": 80, "InstanceId": "ins-a"}], "Name": "a b&c"})
+        );
+    }
+
+    /// ModifyTargetWeight changes the weight of bound targets when its task ends, and refuses unbound ones.
+    #[test]
+    fn weights_change_when_the_task_ends() {
+        let mut s = store();
+        let reg = br#"{"LoadBalancerId":"lb-1","ListenerId":"lbl-tcp","Targets":[{"Port":80,"InstanceId":"ins-a"}]}"#;
+        s.execute("RegisterTargets", reg, "t1", 0, LIMITS, &Classic::new()).unwrap();
+        s.finish_due(1, || false);
+        let zero = br#"{"LoadBalancerId":"lb-1","ListenerId":"lbl-tcp","Weight":0,"Targets":[{"Port":80,"InstanceId":"ins-a"}]}"#;
+        s.execute("ModifyTargetWeight", zero, "w1", 10, LIMITS, &Classic::new()).unwrap();
+        assert!(s.busy("lb-1", 5), "a write runs");
+        assert_eq!(s.view()["lb-1"][0].weight, 10, "not before the task ends");
+        s.finish_due(10, || false);
+        assert_eq!(s.view()["lb-1"][0].weight, 0);
+        let other = br#"{"LoadBalancerId":"lb-1","ListenerId":"lbl-tcp","Weight":0,"Targets":[{"Port":81,"InstanceId":"ins-a"}]}"#;
+        let refused = s.execute("ModifyTargetWeight", other, "w2", 0, LIMITS, &Classic::new());
+        assert_eq!(refused.unwrap_err().code, "InvalidParameter");
+    }
+
     /// Listeners are seeded from the command line in one compact form.
     #[test]
     fn listeners_parse_from_the_command_line() {
@@ -734,6 +865,8 @@ mod tests {
             authorization: Some(Box::leak(auth.to_owned().into_boxed_str())),
             timestamp: Some(ts),
             token: None,
+            method: "POST",
+            query: "",
             host: "127.0.0.1:9",
             content_type: "application/json",
             body,

@@ -15,8 +15,8 @@ from tencentcloud.common.profile.client_profile import ClientProfile
 from tencentcloud.common.profile.http_profile import HttpProfile
 
 
-def client(endpoint, secret_id, secret_key):
-    http = HttpProfile(protocol="http", endpoint=endpoint, reqMethod="POST")
+def client(endpoint, secret_id, secret_key, method="POST"):
+    http = HttpProfile(protocol="http", endpoint=endpoint, reqMethod=method)
     return clb_client.ClbClient(credential.Credential(secret_id, secret_key), "ap-guangzhou", ClientProfile(httpProfile=http))
 
 
@@ -48,6 +48,9 @@ def main():
     reg.LoadBalancerId, reg.ListenerId, reg.Targets = lb, listener, [target]
     registered = wait(c, c.RegisterTargets(reg).RequestId)
     after_register = targets(c, lb, listener)
+    # The same read by GET: the SDK signs its own query string (ListenerIds.0=...), which the emulator hashes
+    # as received.
+    after_register_get = targets(client(endpoint, secret_id, secret_key, "GET"), lb, listener)
     dereg = models.DeregisterTargetsRequest()
     dereg.LoadBalancerId, dereg.ListenerId, dereg.Targets = lb, listener, [target]
     deregistered = wait(c, c.DeregisterTargets(dereg).RequestId)
@@ -58,7 +61,7 @@ def main():
     except TencentCloudSDKException as e:
         wrong_key = e.get_code()
     print(json.dumps({
-        "registered": registered, "after_register": after_register,
+        "registered": registered, "after_register": after_register, "after_register_get": after_register_get,
         "deregistered": deregistered, "after_deregister": after_deregister, "wrong_key": wrong_key,
     }))
 
