@@ -11,10 +11,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use clb_operator::{
-    api::{TaskAction, TaskState},
-    clb::Action,
-};
+use clb_operator::api::{TaskAction, TaskState};
 use common::{TestNs, scenario::*};
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Node;
@@ -134,18 +131,19 @@ async fn a_failed_status_write_after_a_submission_loses_nothing() {
     assert_eq!(fault.failed(), 1, "the status write with the new task failed once");
     assert_eq!(deregister_calls(&emu), [vec![gone.clone()]], "one Deregister, never a second");
     let state = emu.state();
-    let call = state.calls_of(Action::DeregisterInstancesFromLoadBalancer).find(|c| c.code == 0).unwrap();
-    let request_id = call.request_id.unwrap();
+    // On CLB API 3.0 (the default), through the ClassicalLB actions: the RequestId is the task.
+    let call =
+        state.calls.iter().find(|c| c.action == "DeregisterTargetsFromClassicalLB" && c.code == 0).unwrap();
+    let request_id = call.task_id.clone().unwrap();
     let task = s.tasks.iter().find(|t| t.action == TaskAction::Deregister).unwrap();
     assert_eq!(
         (task.request_id.clone(), task.state),
-        (request_id.to_string(), TaskState::Succeeded),
+        (request_id.clone(), TaskState::Succeeded),
         "{:?}",
         s.tasks
     );
-    let polls = state
-        .calls_of(Action::DescribeLoadBalancersTaskResult)
-        .filter(|c| c.request_id == Some(request_id))
+    let polls = (state.calls.iter())
+        .filter(|c| c.action == "DescribeTaskStatus" && c.task_id.as_deref() == Some(request_id.as_str()))
         .count();
     assert!(polls >= 1, "the task was polled");
     assert!(s.intents.is_empty(), "no intent left behind: {:?}", s.intents);

@@ -1,5 +1,6 @@
-//! The reconciler end to end: a real kube-apiserver, the CLB emulator, and the operator, per the Done-when
-//! points of the reconciler issue.
+//! The reconciler end to end on the legacy CLB API 2.0 (`--clb-api v2`): a real kube-apiserver, the CLB
+//! emulator, and the operator, per the Done-when points of the reconciler issue. `tests/v3.rs` is the same on
+//! API 3.0, the default.
 
 mod common;
 
@@ -26,7 +27,7 @@ async fn node_targets_register_all_and_deregister_a_deleted_node() {
     let (t, emu) = setup("node-targets").await;
     let tok = token_suffix();
     let nodes = nodes(&t, &tok, 3).await;
-    let _op = start_operator(&t, &emu);
+    let _op = start_operator_v2(&t, &emu);
     binding(&t, "web", LB, false, json!({})).await;
     wait_ready_with(&t, "web", &ids(&nodes)).await;
     assert_eq!(emu.state().backend_ids(LB).into_iter().collect::<BTreeSet<_>>(), ids(&nodes));
@@ -68,7 +69,7 @@ async fn pod_targets_deregister_a_node_whose_pods_all_terminate() {
     let (a, b) = (nodes[0].0.as_str(), nodes[1].0.as_str());
     ready_pods(&t, &[("web-0", a), ("web-1", a), ("web-2", b)]).await;
     let pods: Api<Pod> = t.api();
-    let _op = start_operator(&t, &emu);
+    let _op = start_operator_v2(&t, &emu);
     binding(&t, "web", LB, true, json!({})).await;
     wait_ready_with(&t, "web", &ids(&nodes)).await;
 
@@ -95,7 +96,7 @@ async fn failed_tasks_are_retried_with_backoff_until_they_succeed() {
     emu.set_faults(Faults { task_fail_rate: 1.0, ..emu.faults() }).unwrap();
     let tok = token_suffix();
     let nodes = nodes(&t, &tok, 1).await;
-    let _op = start_operator(&t, &emu);
+    let _op = start_operator_v2(&t, &emu);
     binding(&t, "web", LB, false, json!({})).await;
 
     eventually(WAIT, "Degraded=True TaskFailed after two failed attempts", || async {
@@ -133,7 +134,7 @@ async fn ownership_adoption_and_deletion_policies() {
     let c = emu.credentials();
     t.credentials_secret("clb-credentials", c.secret_id(), c.secret_key()).await;
     let nodes = nodes(&t, &tok, 2).await;
-    let _op = start_operator(&t, &emu);
+    let _op = start_operator_v2(&t, &emu);
     let api = t.api::<ClbBackendBinding>();
     let registers = |emu: &EmulatorHandle| calls(emu, Action::RegisterInstancesWithLoadBalancer);
 
@@ -223,7 +224,7 @@ async fn mass_removal_is_batched_and_resync_is_free() {
     let (t, emu) = setup("batching").await;
     let tok = token_suffix();
     let nodes = nodes(&t, &tok, 100).await;
-    let config = Config { resync: Duration::from_secs(1), ..run_config(&t, &emu) };
+    let config = Config { resync: Duration::from_secs(1), ..run_config_v2(&t, &emu) };
     let _op = start_operator_with(&t, config);
     binding(&t, "web", LB, false, json!({})).await;
     wait_ready_with(&t, "web", &ids(&nodes)).await;
@@ -310,7 +311,7 @@ async fn bindings_waiting_together_for_the_caches_are_all_reconciled() {
     for i in 0..12 {
         binding(&t, &format!("web-{i}"), LB, false, json!({})).await;
     }
-    let _op = start_operator(&t, &emu);
+    let _op = start_operator_v2(&t, &emu);
     for i in 0..12 {
         wait_ready_with(&t, &format!("web-{i}"), &ids(&nodes)).await;
     }

@@ -293,10 +293,15 @@ async fn a_changed_node_port_moves_the_targets() {
     let tok = token_suffix();
     let nodes = nodes(&t, &tok, 2).await;
     let services: Api<Service> = t.api();
+    // NodePorts are cluster-wide, and namespaces of earlier runs linger (no controller manager deletes them).
+    let (first, second) = {
+        let p = 30000 + rand::random::<u16>() % 2700;
+        (p, p + 1)
+    };
     let service: Service = serde_json::from_value(json!({
         "metadata": {"name": "web"},
         "spec": {"type": "NodePort", "selector": {"app": "web"},
-            "ports": [{"port": 80, "targetPort": 8080, "nodePort": 30123}]},
+            "ports": [{"port": 80, "targetPort": 8080, "nodePort": first}]},
     }))
     .unwrap();
     services.create(&PostParams::default(), &service).await.unwrap();
@@ -305,13 +310,13 @@ async fn a_changed_node_port_moves_the_targets() {
     binding(&t, "web", APP, false, spec).await;
     let at =
         |port: u16| ids(&nodes).into_iter().map(|i| (TCP.to_owned(), None, i, port)).collect::<BTreeSet<_>>();
-    wait_targets(&t, "web", &at(30123)).await;
+    wait_targets(&t, "web", &at(first)).await;
 
-    let patch = json!({"spec": {"ports": [{"port": 80, "targetPort": 8080, "nodePort": 30124}]}});
+    let patch = json!({"spec": {"ports": [{"port": 80, "targetPort": 8080, "nodePort": second}]}});
     services.patch("web", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
-    let s = wait_targets(&t, "web", &at(30124)).await;
+    let s = wait_targets(&t, "web", &at(second)).await;
     assert!(s.tasks.iter().any(|x| x.action == TaskAction::Deregister), "the old port was deregistered");
-    assert_eq!(bound(&emu, APP), at(30124), "nothing left at the old port");
+    assert_eq!(bound(&emu, APP), at(second), "nothing left at the old port");
 }
 
 /// Specs that do not fit the load balancer show their own reason and make no CLB write; malformed listener

@@ -5,7 +5,7 @@ use std::{collections::BTreeSet, time::Duration};
 
 use clb_operator::{
     api::{BackendState, ClbBackendBinding, ClbBackendBindingStatus, TaskAction, TaskRecord, TaskState},
-    clb::{Action, ClientConfig},
+    clb::{Action, ClientConfig, cloud::ClbApi},
     controller::Config,
     emulator::EmulatorHandle,
 };
@@ -35,18 +35,29 @@ impl Drop for Operator {
     }
 }
 
-/// The operator's configuration for a test: the shipped defaults (so the tests run the settle time, batch size
-/// and backoffs users get), pointed at the test's namespace and emulator.
+/// The operator's configuration for a test: the shipped defaults (so the tests run the settle time, batch size,
+/// backoffs and the API users get: CLB API 3.0), pointed at the test's namespace and emulator.
 pub fn run_config(t: &TestNs, emu: &EmulatorHandle) -> Config {
     let defaults = Config::default();
     Config {
         namespace: Some(t.ns.clone()),
-        api: super::process::api_of(&emu.endpoint()),
-        clb: ClientConfig { endpoint: emu.endpoint(), rate_limit_per_second: 50, ..defaults.clb },
+        api: ClbApi::V3,
+        clb: ClientConfig { endpoint: emu.v3_endpoint(), rate_limit_per_second: 50, ..defaults.clb },
         http_addr: "127.0.0.1:0".parse().unwrap(),
         concurrency: 4,
         ..defaults
     }
+}
+
+/// [`run_config`] on the legacy CLB API 2.0 (`--clb-api v2`).
+pub fn run_config_v2(t: &TestNs, emu: &EmulatorHandle) -> Config {
+    let config = run_config(t, emu);
+    Config { api: ClbApi::V2, clb: ClientConfig { endpoint: emu.endpoint(), ..config.clb }, ..config }
+}
+
+/// Runs the operator on CLB API 2.0 ([`run_config_v2`]) in process, until dropped.
+pub fn start_operator_v2(t: &TestNs, emu: &EmulatorHandle) -> Operator {
+    start_operator_with(t, run_config_v2(t, emu))
 }
 
 /// Runs the operator with `config` in process, against the test's control plane, until dropped.
@@ -140,8 +151,15 @@ pub fn calls(emu: &EmulatorHandle, action: Action) -> Vec<Vec<String>> {
     emu.state().calls_of(action).filter(|c| c.code == 0).map(|c| c.instance_ids.clone()).collect()
 }
 
+/// The instances of each successful removal from a classic load balancer, by either API
+/// (DeregisterInstancesFromLoadBalancer or DeregisterTargetsFromClassicalLB), in order.
 pub fn deregister_calls(emu: &EmulatorHandle) -> Vec<Vec<String>> {
-    calls(emu, Action::DeregisterInstancesFromLoadBalancer)
+    const NAMES: [&str; 2] = ["DeregisterInstancesFromLoadBalancer", "DeregisterTargetsFromClassicalLB"];
+    let state = emu.state();
+    (state.calls.iter())
+        .filter(|c| NAMES.contains(&c.action.as_str()) && c.code == 0)
+        .map(|c| c.instance_ids.clone())
+        .collect()
 }
 
 /// Waits until binding `name` shows an `action` task Running; returns it.
