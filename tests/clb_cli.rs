@@ -1,5 +1,5 @@
 //! The built `clb-operator clb ...` binary against an in-process emulator: JSON on stdout, batching, `--wait`,
-//! and the one-line error with a non-zero exit.
+//! and the one-line error with a non-zero exit; on API 2.0 (`--api v2`) and on API 3.0, the default.
 
 use std::process::Output;
 use std::time::Duration;
@@ -19,13 +19,25 @@ async fn start() -> EmulatorHandle {
     spawn_emulator(emulator_config(Duration::from_millis(30), vec![seed(LB, instances)])).await
 }
 
-/// Runs the binary with only the given credentials in its environment.
+/// Runs the binary on API 2.0 with only the given credentials in its environment.
 async fn clb(emu: &EmulatorHandle, creds: &Credentials, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_clb-operator"))
-        .arg("clb")
-        .args(args)
+    run(emu.endpoint().as_str(), "v2", creds, args).await
+}
+
+/// Runs the binary on API 3.0 (the default: no `--api`) with the emulator's credentials.
+async fn clb3(emu: &EmulatorHandle, args: &[&str]) -> Output {
+    run(emu.v3_endpoint().as_str(), "", emu.credentials(), args).await
+}
+
+async fn run(endpoint: &str, api: &str, creds: &Credentials, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_clb-operator"));
+    cmd.arg("clb");
+    if !api.is_empty() {
+        cmd.args(["--api", api]);
+    }
+    cmd.args(args)
         .env_clear()
-        .env("CLB_ENDPOINT", emu.endpoint().as_str())
+        .env("CLB_ENDPOINT", endpoint)
         .env("TENCENTCLOUD_SECRET_ID", creds.secret_id())
         .env("TENCENTCLOUD_SECRET_KEY", creds.secret_key())
         .output()
@@ -120,7 +132,7 @@ async fn failure_is_one_line_on_stderr() {
 
     // Missing credentials are reported clearly.
     let out = Command::new(env!("CARGO_BIN_EXE_clb-operator"))
-        .args(["clb", "describe-lbs"])
+        .args(["clb", "--api", "v2", "describe-lbs"])
         .env_clear()
         .env("CLB_ENDPOINT", emu.endpoint().as_str())
         .output()
@@ -128,4 +140,68 @@ async fn failure_is_one_line_on_stderr() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("TENCENTCLOUD_SECRET_ID"));
+}
+
+/// API 3.0 from the command line: listeners and targets are described, targets registered on a listener, set
+/// to weight 0 and deregistered with `--wait`, a task looked up by its RequestId; v3-only commands refuse
+/// `--api v2` with a clear line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_3_commands() {
+    let mut config = emulator_config(Duration::from_millis(30), vec![seed(LB, vec!["ins-c".into()])]);
+    config.listeners = vec!["lb-app/lbl-web=HTTP:80,loc-web=web.example/".parse().unwrap()];
+    let emu = spawn_emulator(config).await;
+    let ok = |out: &Output| assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+
+    let out = clb3(&emu, &["describe-lbs"]).await;
+    ok(&out);
+    let set = stdout_json(&out)["response"]["LoadBalancerSet"].as_array().unwrap().clone();
+    assert!(set.iter().any(|l| l["LoadBalancerId"] == "lb-app" && l["Forward"] == 1), "{set:?}");
+    let out = clb3(&emu, &["describe-listeners", "--lb", "lb-app"]).await;
+    ok(&out);
+    assert_eq!(stdout_json(&out)["response"]["Listeners"][0]["Rules"][0]["LocationId"], "loc-web");
+
+    let at = ["--lb", "lb-app", "--listener", "lbl-web", "--location", "loc-web", "--port", "30080"];
+    let mut register = vec!["register", "--instance", "ins-a,ins-b", "--wait"];
+    register.extend(at);
+    let out = clb3(&emu, &register).await;
+    ok(&out);
+    let json = stdout_json(&out);
+    assert_eq!(json["batches"][0]["task"], "Succeeded", "{json}");
+    let task = json["batches"][0]["taskId"].as_str().unwrap().to_owned();
+    let out = clb3(&emu, &["task-status", "--task", &task]).await;
+    ok(&out);
+    assert_eq!(stdout_json(&out)["state"], "Succeeded");
+
+    let mut weight = vec!["set-weight", "--instance", "ins-a", "--weight", "0", "--wait"];
+    weight.extend(at);
+    ok(&clb3(&emu, &weight).await);
+    let out = clb3(&emu, &["describe-targets", "--lb", "lb-app", "--listener", "lbl-web"]).await;
+    ok(&out);
+    let rule = &stdout_json(&out)["response"]["Listeners"][0]["Rules"][0];
+    let weights: Vec<(String, u64)> = (rule["Targets"].as_array().unwrap().iter())
+        .map(|t| (t["InstanceId"].as_str().unwrap().to_owned(), t["Weight"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(weights, [("ins-a".to_owned(), 0), ("ins-b".to_owned(), 10)]);
+
+    let mut deregister = vec!["deregister", "--instance", "ins-a,ins-b", "--wait"];
+    deregister.extend(at);
+    ok(&clb3(&emu, &deregister).await);
+    assert!(emu.state().targets["lb-app"].is_empty());
+    assert_eq!(emu.state().calls.iter().filter(|c| c.action == "BatchDeregisterTargets").count(), 1);
+
+    // A classic CLB through the ClassicalLB actions.
+    let out = clb3(&emu, &["deregister", "--lb", LB, "--instance", "ins-c", "--wait"]).await;
+    ok(&out);
+    assert!(emu.state().backend_ids(LB).is_empty());
+    let out = clb3(&emu, &["describe-targets", "--lb", LB]).await;
+    ok(&out);
+    assert_eq!(stdout_json(&out)["response"]["Targets"], serde_json::json!([]));
+
+    let out = clb(&emu, emu.credentials(), &["describe-listeners", "--lb", "lb-app"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs CLB API 3.0"));
+    let out =
+        clb3(&emu, &["register", "--lb", "lb-app", "--instance", "ins-a", "--listener", "lbl-web"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--listener and --port go together"));
 }

@@ -8,6 +8,8 @@ cd "$repo"
 export TESTENV_DIR=${TESTENV_DIR:-$repo/.testenv/demo}
 demo=$TESTENV_DIR/demo
 LB=lb-demo0001
+TCP=lbl-tcp00001
+HTTP=lbl-http0001
 
 stop_pid() { [ -f "$demo/$1.pid" ] && kill "$(cat "$demo/$1.pid")" 2>/dev/null; rm -f "$demo/$1.pid"; }
 
@@ -30,14 +32,16 @@ eval "$(bash tests/testenv/testenv.sh up --with-kwok)"
 . tests/testenv/versions.sh
 kubectl() { "$K8S_BIN/kubectl" "$@"; }
 
-say "Starting the CLB emulator (tasks take 2 s) and the operator"
+say "Starting the CLB emulator (an application CLB with a TCP listener and an HTTP rule; tasks take 2 s) and the operator (CLB API 3.0)"
 stop_pid operator || true
 stop_pid emulator || true
 export TENCENTCLOUD_SECRET_ID=AKIDdemo000000000000000000000000000 TENCENTCLOUD_SECRET_KEY=demo-secret-key-not-for-production
 emu_port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
-"$bin" emulator --listen "127.0.0.1:$emu_port" --task-duration 2s --load-balancer "$LB" >"$demo/emulator.log" 2>&1 &
+"$bin" emulator --listen "127.0.0.1:$emu_port" --task-duration 2s \
+  --listener "$LB/$TCP=TCP:80" --listener "$LB/$HTTP=HTTP:80,loc-web00001=shop.example.com/" \
+  >"$demo/emulator.log" 2>&1 &
 echo $! >"$demo/emulator.pid"
-endpoint=http://127.0.0.1:$emu_port/v2/index.php
+endpoint=http://127.0.0.1:$emu_port/
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$emu_port/emulator/state" >/dev/null && break; sleep 0.1; done
 "$bin" crd | kubectl apply -f - >/dev/null
 kubectl wait --for condition=established crd/clbbackendbindings.clb.tke.dev >/dev/null
@@ -61,7 +65,7 @@ EOF
 done
 kubectl get nodes -o custom-columns=NAME:.metadata.name,PROVIDER-ID:.spec.providerID
 
-say "A ClbBackendBinding binds the role=web nodes to $LB"
+say "A ClbBackendBinding binds the role=web nodes to both listeners of $LB (NodePorts 30080 and 30081)"
 kubectl create namespace shop --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl apply -f - <<EOF
 apiVersion: clb.tke.dev/v1alpha1
@@ -71,6 +75,9 @@ spec:
   loadBalancerId: $LB
   region: gz
   targets: {nodeSelector: {matchLabels: {role: web}}}
+  listeners:
+    - {listenerId: $TCP, port: 30080}
+    - {listenerId: $HTTP, domain: shop.example.com, url: /, port: 30081}
 EOF
 kubectl -n shop wait --for=condition=Ready cbb/web --timeout=60s >/dev/null
 kubectl -n shop get cbb web
@@ -83,7 +90,7 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 echo "status while the Deregister task runs:"
-kubectl -n shop get cbb web -o jsonpath='{range .status.backends[*]}  {.instanceId} {.state} {.requestId} {.reason}{"\n"}{end}'
+kubectl -n shop get cbb web -o jsonpath='{range .status.backends[*]}  {.instanceId} {.listenerId}:{.port} {.state} {.requestId} {.reason}{"\n"}{end}'
 kubectl -n shop get cbb web -o jsonpath='{range .status.tasks[*]}  task {.requestId}: {.action} {.instanceIds} {.state}{"\n"}{end}'
 kubectl -n shop wait --for=condition=Ready cbb/web --timeout=60s >/dev/null
 echo "after the task finished:"
@@ -94,10 +101,12 @@ say "The emulator's view of $LB"
 curl -s "http://127.0.0.1:$emu_port/emulator/state" | python3 -c '
 import json, sys
 s = json.load(sys.stdin)
-for lb, v in s["loadBalancers"].items():
-    print("  %s backends: %s" % (lb, ", ".join(b["instanceId"] for b in v["backends"])))
-for t in s["tasks"]:
-    print("  task %s: %s %s -> %s" % (t["requestId"], t["action"], ",".join(t["instanceIds"]), t["status"]))'
+for lb, targets in s.get("targets", {}).items():
+    for t in targets:
+        print("  %s %s %s:%s weight %s" % (lb, t["listenerId"], t["instanceId"], t["port"], t["weight"]))
+for c in s["calls"]:
+    if "Register" in c["action"]:
+        print("  call %s %s -> %s" % (c["action"], ",".join(c["instanceIds"]), c.get("error") or "ok"))'
 
 cat <<EOF
 

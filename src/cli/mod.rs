@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 pub mod clb;
+pub mod clb_v3;
 pub mod emulator;
 pub mod kube;
 pub mod run;

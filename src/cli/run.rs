@@ -95,7 +95,8 @@ impl From<RunArgs> for Config {
     }
 }
 
-fn parse_api(s: &str) -> Result<ClbApi, String> {
+/// Parses `--clb-api` / `--api`: `v3` or `v2`.
+pub fn parse_api(s: &str) -> Result<ClbApi, String> {
     match s {
         "v3" => Ok(ClbApi::V3),
         "v2" => Ok(ClbApi::V2),
