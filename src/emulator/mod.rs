@@ -30,7 +30,7 @@ use url::Url;
 
 use crate::clb::{Credentials, ENV_SECRET_ID, ENV_SECRET_KEY};
 use server::{Emulator, lock, now_ms};
-pub use state::{BackendView, CallRecord, LoadBalancerView, StateView, TaskRecord};
+pub use state::{BackendView, CallRecord, LoadBalancerView, StateView, TargetView, TaskRecord, V3TaskView};
 pub use v3::{SeedListener, SeedRule};
 
 /// The path the emulator advertises in its endpoint URL (the real API's path; any path is served).

@@ -218,15 +218,16 @@ impl Emulator {
     /// Everything it knows, v2 and v3, with the v3 tasks that are due applied first.
     pub(crate) fn view(&self, with_calls: bool) -> StateView {
         let fail_rate = self.faults().task_fail_rate;
-        let (changes, targets) = {
+        let (changes, targets, v3_tasks) = {
             let mut v3 = lock(&self.v3);
-            (v3.finish_due(now_ms(), || rand::random::<f64>() < fail_rate), v3.view())
+            (v3.finish_due(now_ms(), || rand::random::<f64>() < fail_rate), v3.view(), v3.task_views())
         };
         // NB: never both locks at once: the v3 state is released before the v2 state is taken.
         let mut store = lock(&self.store);
         store.apply_classic(&changes);
         let mut view = store.view(with_calls);
         view.targets = targets;
+        view.v3_tasks = v3_tasks;
         view
     }
 

@@ -31,6 +31,23 @@ pub struct StateView {
     /// API 3.0: the targets bound on each application load balancer (not kept in the state file).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub targets: BTreeMap<String, Vec<TargetView>>,
+    /// API 3.0: every write task, by RequestId (not kept in the state file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub v3_tasks: Vec<V3TaskView>,
+}
+
+/// An API 3.0 write task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct V3TaskView {
+    /// Its RequestId.
+    pub request_id: String,
+    /// The load balancer it changes.
+    pub load_balancer_id: String,
+    /// 0 succeeded, 1 failed, 2 running.
+    pub status: i64,
+    /// When it ends (Unix milliseconds).
+    pub due_at_ms: u64,
 }
 
 /// A target bound on an application load balancer (API 3.0).
@@ -210,6 +227,7 @@ impl Store {
             calls: if with_calls { self.calls.iter().cloned().collect() } else { Vec::new() },
             calls_dropped: if with_calls { self.calls_dropped } else { 0 },
             targets: BTreeMap::new(),
+            v3_tasks: Vec::new(),
         }
     }
 

@@ -303,6 +303,17 @@ impl V3Store {
         classic
     }
 
+    /// Every task, for the state view.
+    pub(crate) fn task_views(&self) -> Vec<super::state::V3TaskView> {
+        let view = |(id, t): (&String, &V3Task)| super::state::V3TaskView {
+            request_id: id.clone(),
+            load_balancer_id: t.load_balancer.clone(),
+            status: t.status,
+            due_at_ms: t.due_ms,
+        };
+        self.tasks.iter().map(view).collect()
+    }
+
     /// The bound targets of every application load balancer.
     pub(crate) fn view(&self) -> BTreeMap<String, Vec<TargetView>> {
         let view = |((listener_id, location_id, instance_id, port), weight): (&TargetKey, &u32)| TargetView {

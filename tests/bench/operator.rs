@@ -1,5 +1,6 @@
 //! Benchmark: how fast a going-away backend leaves the CLB, how few API calls it costs, and how little the
-//! operator needs, against a real control plane with kwok, the CLB emulator and the release-built operator.
+//! operator needs, against a real control plane with kwok, the CLB emulator and the release-built operator, on
+//! CLB API 3.0 (the default): every binding binds its nodes to two listeners of its application CLB.
 //!
 //! `cargo bench --bench operator` (default size: 2,000 nodes, 20,000 pods, 100 bindings; writes
 //! tests/bench/RESULTS.md, results.json and latency-cdf.png) or `cargo bench --bench operator -- --quick` (CI
@@ -17,12 +18,12 @@ use std::{
 
 use clb_operator::{
     api::{ClbBackendBinding, TaskState},
-    clb::Action,
-    emulator::EmulatorHandle,
+    clb::v3,
+    emulator::{CallRecord, EmulatorHandle, SeedListener},
 };
 use common::{
     OperatorCommand, OperatorProcess,
-    fixtures::{self, NodeFixture, PodFixture, emulator_config, seed, spawn_emulator},
+    fixtures::{self, NodeFixture, PodFixture, emulator_config, spawn_emulator},
     metric,
     scenario::is_ready,
 };
@@ -56,10 +57,39 @@ const FULL: Size = Size {
     signals: 100,
     idle: Duration::from_secs(60),
 };
-/// Nodes drained at once in the economy phase (ten full batches of 20).
+/// Nodes drained at once in the economy phase.
 const DRAIN_NODES: usize = 200;
+/// Listeners per binding: each node is one target on each.
+const LISTENERS: usize = 2;
 const TASK: Duration = Duration::from_secs(1);
 const PARALLEL: usize = 48;
+
+/// The listeners of binding `i`'s load balancer: `lbl-<i>a` and `lbl-<i>b`, TCP.
+fn listeners(i: usize) -> Vec<SeedListener> {
+    (0..LISTENERS)
+        .map(|k| SeedListener {
+            load_balancer_id: lb(i),
+            listener_id: listener(i, k),
+            protocol: "TCP".into(),
+            port: 80 + k as u16,
+            rules: vec![],
+        })
+        .collect()
+}
+
+fn listener(i: usize, k: usize) -> String {
+    format!("lbl-{i:04}{}", ["a", "b", "c", "d"][k])
+}
+
+/// A successful BatchDeregisterTargets call.
+fn is_deregister(c: &CallRecord) -> bool {
+    c.action == v3::Action::BatchDeregisterTargets.as_str() && c.error.is_none()
+}
+
+/// A successful API 3.0 write of any kind.
+fn is_write(c: &CallRecord) -> bool {
+    v3::is_write(&c.action) && c.error.is_none()
+}
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default()
@@ -158,8 +188,8 @@ struct Bench {
     size: Size,
     client: Client,
     emu: EmulatorHandle,
-    /// When each requestId was first seen Succeeded in a binding's status (ms since the epoch).
-    seen_done: Arc<Mutex<HashMap<u64, u64>>>,
+    /// When each task id was first seen Succeeded in a binding's status (ms since the epoch).
+    seen_done: Arc<Mutex<HashMap<String, u64>>>,
     failures: Vec<String>,
 }
 
@@ -217,14 +247,17 @@ impl Bench {
     async fn create_bindings(&self) {
         parallel(self.size.bindings, |i| {
             let api: Api<ClbBackendBinding> = Api::namespaced(self.client.clone(), &Self::ns(i));
-            let b = fixtures::binding("web", &lb(i));
+            let at: Vec<Value> =
+                (0..LISTENERS).map(|k| json!({"listenerId": listener(i, k), "port": 30080 + k})).collect();
+            let b = fixtures::binding("web", &lb(i)).with(json!({ "listeners": at }));
             let b = if pod_targeted(i) { b.pods("web") } else { b.nodes("bench-group", &format!("g{i}")) };
             async move { b.try_create(&api).await }
         })
         .await;
     }
 
-    /// Waits until every binding is Ready with its expected number of registered backends.
+    /// Waits until every binding is Ready with its expected number of registered instances (each a target on
+    /// every listener).
     async fn wait_all_ready(&self, expected: &BTreeMap<usize, usize>, timeout: Duration) -> bool {
         let api: Api<ClbBackendBinding> = Api::all(self.client.clone());
         let deadline = Instant::now() + timeout;
@@ -235,7 +268,7 @@ impl Bench {
                     b.namespace().and_then(|n| n.strip_prefix("bench-")?.parse().ok()).unwrap_or(usize::MAX);
                 let s = b.status.clone().unwrap_or_default();
                 is_ready(&s)
-                    && expected.get(&i) == Some(&(s.registered as usize))
+                    && expected.get(&i).map(|n| n * LISTENERS) == Some(s.registered as usize)
                     && s.backends.len() == s.registered as usize
             });
             if ready.count() == expected.len() {
@@ -260,7 +293,7 @@ impl Bench {
                 let Ok(mut seen) = seen.lock() else { continue };
                 for t in b.status.iter().flat_map(|s| s.tasks.iter()) {
                     if t.state == TaskState::Succeeded {
-                        seen.entry(t.request_id).or_insert(at);
+                        seen.entry(t.request_id.clone()).or_insert(at);
                     }
                 }
             }
@@ -303,9 +336,9 @@ async fn main() {
     common::install_crds_into(&plane).expect("CRDs");
     let client = common::client_for(&plane.kubeconfig).await;
 
-    let emu =
-        spawn_emulator(emulator_config(TASK, (0..size.bindings).map(|i| seed(&lb(i), vec![])).collect()))
-            .await;
+    let mut config = emulator_config(TASK, vec![]);
+    config.listeners = (0..size.bindings).flat_map(listeners).collect();
+    let emu = spawn_emulator(config).await;
     let mut bench =
         Bench { size: size.clone(), client, emu, seen_done: Arc::default(), failures: Vec::new() };
     let mut results: BTreeMap<&str, Value> = BTreeMap::new();
@@ -318,7 +351,7 @@ async fn main() {
     let logs = repo.join("target/bench");
     std::fs::create_dir_all(&logs).unwrap();
     let log = logs.join("operator.log");
-    let op = start_operator(&plane, &bench.emu.endpoint(), &log);
+    let op = start_operator(&plane, &bench.emu.v3_endpoint(), &log);
     let proc_ = Proc { pid: op.pid(), ticks_per_second: ticks_per_second() };
     let peaks = Peaks::default();
     {
@@ -408,31 +441,29 @@ async fn main() {
     let mut slowest: Vec<(f64, &Signal)> = Vec::new();
     let mut one_call_each = true;
     for s in &signals {
-        let calls: Vec<_> = state
-            .calls_of(Action::DeregisterInstancesFromLoadBalancer)
-            .filter(|c| c.code == 0 && c.instance_ids.contains(&s.instance))
-            .collect();
+        let calls: Vec<_> =
+            state.calls.iter().filter(|c| is_deregister(c) && c.instance_ids.contains(&s.instance)).collect();
         one_call_each &= calls.len() == 1;
         let Some(call) = calls.first() else { continue };
         let r = call.at_ms.saturating_sub(s.at_ms) as f64;
         reaction.push(r);
         by_kind.entry(s.kind).or_default().push(r);
         slowest.push((r, s));
-        if let (Some(id), Some(task)) =
-            (call.request_id, call.request_id.and_then(|id| state.tasks.iter().find(|t| t.request_id == id)))
-        {
-            if let Some(seen) = seen_done.get(&id) {
+        let task = call.task_id.as_ref().and_then(|id| state.v3_tasks.iter().find(|t| &t.request_id == id));
+        if let Some(task) = task {
+            if let Some(seen) = seen_done.get(&task.request_id) {
                 overhead.push(seen.saturating_sub(task.due_at_ms) as f64);
             }
-            polls.push(
-                state
-                    .calls_of(Action::DescribeLoadBalancersTaskResult)
-                    .filter(|c| c.request_id == Some(id))
-                    .count() as f64,
-            );
+            let polled = |c: &&CallRecord| {
+                c.action == "DescribeTaskStatus" && c.task_id.as_deref() == Some(task.request_id.as_str())
+            };
+            polls.push(state.calls.iter().filter(polled).count() as f64);
         }
     }
-    bench.check(one_call_each, "each signal produced exactly one Deregister for its instance".into());
+    bench.check(
+        one_call_each,
+        "each signal produced exactly one BatchDeregisterTargets for its instance".into(),
+    );
     for v in [&mut reaction, &mut overhead, &mut polls] {
         v.sort_by(|a, b| a.total_cmp(b));
     }
@@ -514,19 +545,24 @@ async fn main() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let state = bench.emu.state();
     let during: Vec<_> = state.calls[calls_before..].to_vec();
-    let deregisters: Vec<_> =
-        during.iter().filter(|c| c.action == Action::DeregisterInstancesFromLoadBalancer.as_str()).collect();
-    let drain_ids: Vec<u64> = deregisters.iter().filter_map(|c| c.request_id).collect();
-    let drain_polls =
-        during.iter().filter(|c| c.action == Action::DescribeLoadBalancersTaskResult.as_str()).count();
-    let ideal = drain_nodes.len().div_ceil(20);
+    let deregisters: Vec<_> = during.iter().filter(|c| is_deregister(c)).collect();
+    let drain_ids: Vec<&String> = deregisters.iter().filter_map(|c| c.task_id.as_ref()).collect();
+    let drain_polls = during.iter().filter(|c| c.action == "DescribeTaskStatus").count();
+    // Each binding has its own load balancer, and a batch call is for one load balancer: ten bindings of 20
+    // nodes over two listeners are ten calls of 40 targets (ceil(40 / 500) each).
+    let targets_per_lb = (drain_nodes.len() / drain_bindings.len().max(1)) * LISTENERS;
+    let ideal = drain_bindings.len() * targets_per_lb.div_ceil(v3::MAX_BATCH_TARGETS);
     let mut sent: Vec<&String> = deregisters.iter().flat_map(|c| &c.instance_ids).collect();
     sent.sort();
-    let mut drained: Vec<String> = drain_nodes.iter().map(|n| instance(*n)).collect();
+    let mut drained: Vec<String> =
+        drain_nodes.iter().flat_map(|n| std::iter::repeat_n(instance(*n), LISTENERS)).collect();
     drained.sort();
     bench.check(
         sent.iter().copied().eq(drained.iter()),
-        format!("each of the {} drained instances in exactly one Deregister call", drained.len()),
+        format!(
+            "each of the {} drained instances in exactly one call, on each of its {LISTENERS} listeners",
+            drain_nodes.len()
+        ),
     );
     // The goal is the ideal; the invariant allows one more call. The drain's first node can reach the
     // operator alone, its successors more than --settle later (the API server is busy with the other
@@ -535,13 +571,14 @@ async fn main() {
     bench.check(
         deregisters.len() <= ideal + 1,
         format!(
-            "{} Deregister calls for {} nodes (ideal {ideal}, at most one more)",
+            "{} BatchDeregisterTargets calls for {} nodes over {LISTENERS} listeners (ideal {ideal}, at most one more)",
             deregisters.len(),
             drain_nodes.len()
         ),
     );
     results.insert("drain", json!({
-        "nodes": drain_nodes.len(), "deregister_calls": deregisters.len(), "ideal_calls": ideal,
+        "nodes": drain_nodes.len(), "listeners": LISTENERS, "load_balancers": drain_bindings.len(),
+        "deregister_calls": deregisters.len(), "ideal_calls": ideal,
         "taint_patches_spread_ms": taints_spread_ms,
         "polls_per_task": drain_polls as f64 / drain_ids.len().max(1) as f64, "total_calls": during.len(),
         "seconds_to_all_ready": drain_secs, "cpu_seconds": proc_.cpu_seconds() - cpu_before, "peak_rss_mib": peaks.get("drain"),
@@ -570,10 +607,10 @@ async fn main() {
     let errors = metric(&metrics_before, "clb_operator_reconcile_errors_total");
     bench.check(errors == 0.0, format!("no reconcile errors ({errors})"));
     op.stop();
-    let registered_total: usize = expected.values().sum();
+    let registered_total: usize = expected.values().sum::<usize>() * LISTENERS;
     let calls_before = bench.emu.state().calls.len();
     let restart_start = Instant::now();
-    let op = start_operator(&plane, &bench.emu.endpoint(), &logs.join("operator-restart.log"));
+    let op = start_operator(&plane, &bench.emu.v3_endpoint(), &logs.join("operator-restart.log"));
     let mut restart_secs = None;
     while restart_start.elapsed() < Duration::from_secs(120) {
         let m = op.metrics().await;
@@ -584,13 +621,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let writes = bench.emu.state().calls[calls_before..]
-        .iter()
-        .filter(|c| {
-            c.action == Action::DeregisterInstancesFromLoadBalancer.as_str()
-                || c.action == Action::RegisterInstancesWithLoadBalancer.as_str()
-        })
-        .count();
+    let writes = bench.emu.state().calls[calls_before..].iter().filter(|c| is_write(c)).count();
     bench.check(
         restart_secs.is_some(),
         format!("restarted operator reconciled all {} bindings", size.bindings),
@@ -602,7 +633,7 @@ async fn main() {
         "seconds_to_all_reconciled": restart_secs, "clb_write_calls": writes}),
     );
     println!("restart: {}", results["restart"]);
-    let bad_codes = bench.emu.state().calls.iter().filter(|c| c.code != 0).count();
+    let bad_codes = bench.emu.state().calls.iter().filter(|c| c.code != 0 || c.error.is_some()).count();
     bench.check(bad_codes == 0, format!("{bad_codes} CLB calls answered with an error"));
     op.stop();
     testenv(&["down"]);
@@ -675,7 +706,7 @@ fn write_markdown(dir: &std::path::Path, r: &BTreeMap<&str, Value>) {
             "<= 4",
         ),
         (
-            "Deregister calls, 200-node drain",
+            "BatchDeregisterTargets calls, 200-node drain over 2 listeners (10 load balancers)",
             format!("{} (ideal {})", r["drain"]["deregister_calls"], r["drain"]["ideal_calls"]),
             "= 10",
         ),
@@ -702,7 +733,8 @@ fn write_markdown(dir: &std::path::Path, r: &BTreeMap<&str, Value>) {
     let mut md = format!(
         "# Benchmark results\n\nGenerated by `cargo bench --bench operator` (see `tests/bench/operator.rs`); raw numbers in `results.json`, \
          reaction-latency CDF in `latency-cdf.png`.\n\n- Machine: {machine}\n- Kubernetes v1.34.4 (kube-apiserver, etcd 3.6.16 on tmpfs, kwok 0.8.0), all on this machine\n\
-         - Size: {} nodes, {} pods, {} bindings ({} backends each); CLB emulator tasks take {} ms\n- Signals: {} isolated ones (node deleted, drain taint, last matching pod terminating), 300 ms apart\n\n\
+         - CLB API 3.0; each binding binds its nodes to 2 TCP listeners of its own application CLB\n\
+         - Size: {} nodes, {} pods, {} bindings ({} instances each, one target per listener); CLB emulator tasks take {} ms\n- Signals: {} isolated ones (node deleted, drain taint, last matching pod terminating), 300 ms apart\n\n\
          | measure | result | goal |\n|---|---|---|\n",
         s["nodes"],
         s["pods"],
