@@ -391,3 +391,50 @@ async fn state_file_survives_a_restart() {
     with(&mut raw, backends(1));
     assert_eq!(raw.send(&emu).await["requestId"].as_u64().unwrap(), first_id + 2);
 }
+
+/// The state file keeps API 3.0 targets and tasks too: a task running at shutdown finishes after the restart,
+/// and its RequestId is still known to DescribeTaskStatus.
+#[tokio::test]
+async fn state_file_keeps_api_3_targets_and_tasks() {
+    use clb_operator::clb::{
+        cloud::{Cloud, Placement, Submitted, Target},
+        v3_client::V3Client,
+        v3_cloud::V3Cloud,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let listener: emulator::SeedListener = "lb-app/lbl-1=TCP:80".parse().unwrap();
+    let with_state = |creds: Option<Credentials>| {
+        let mut c =
+            EmulatorConfig { state_file: Some(path.clone()), listeners: vec![listener.clone()], ..config() };
+        if let Some(creds) = creds {
+            c.credentials = creds;
+        }
+        c
+    };
+    let emu = start(with_state(None)).await;
+    let creds = emu.credentials().clone();
+    let cloud = |emu: &EmulatorHandle| {
+        V3Cloud::new(V3Client::new(emu.v3_endpoint(), emu.credentials().clone(), "ap-guangzhou", 50).unwrap())
+    };
+    let at = |i: &str| Target {
+        instance: i.into(),
+        at: Some(Placement { listener_id: "lbl-1".into(), location_id: None, port: 80 }),
+    };
+    let c = cloud(&emu);
+    c.register("lb-app", &[at("ins-a")], 10).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    emu.set_faults(Faults { task_duration: Duration::from_millis(800), ..emu.faults() }).unwrap();
+    let running = c.register("lb-app", &[at("ins-b")], 10).await;
+    let Ok(Submitted::Task(id)) = &running[0].result else { panic!("{running:?}") };
+    emu.shutdown().await;
+
+    let emu = start(with_state(Some(creds))).await;
+    let bound: Vec<String> = emu.state().targets["lb-app"].iter().map(|t| t.instance_id.clone()).collect();
+    assert_eq!(bound, ["ins-a"], "the finished task's target, the running one not yet");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let c = cloud(&emu);
+    assert_eq!(c.task(id).await.unwrap(), clb_operator::clb::cloud::TaskState::Succeeded);
+    let bound: Vec<String> = emu.state().targets["lb-app"].iter().map(|t| t.instance_id.clone()).collect();
+    assert_eq!(bound, ["ins-a", "ins-b"], "the running task finished after the restart");
+}

@@ -332,7 +332,9 @@ pub async fn spawn(config: EmulatorConfig, listener: TcpListener) -> Result<Emul
     };
     let seeds: Vec<(String, Vec<String>)> =
         config.load_balancers.iter().map(|lb| (lb.id.clone(), lb.instance_ids.clone())).collect();
-    let emulator = Arc::new(Emulator::new(&config, state::Store::new(restored, &seeds)));
+    let v3_restored = restored.clone();
+    let emulator =
+        Arc::new(Emulator::new(&config, state::Store::new(restored, &seeds), v3_restored.as_ref()));
     let (shutdown, stopped) = watch::channel(false);
 
     let mut tasks = Vec::new();
@@ -378,7 +380,8 @@ async fn persist(emulator: Arc<Emulator>, path: PathBuf, mut stopped: watch::Rec
             () = emulator.changed.notified() => false,
             _ = stopped.wait_for(|stopped| *stopped) => true,
         };
-        let json = serde_json::to_vec_pretty(&lock(&emulator.store).view(false));
+        // Both APIs' state (v3 tasks that are due applied first), without the call log.
+        let json = serde_json::to_vec_pretty(&emulator.view(false));
         match json {
             Ok(json) => {
                 if let Err(e) = write_atomically(&path, &json).await {

@@ -163,7 +163,11 @@ impl ApiRequest<'_> {
 }
 
 impl Emulator {
-    pub(crate) fn new(config: &EmulatorConfig, store: Store) -> Self {
+    pub(crate) fn new(config: &EmulatorConfig, store: Store, restored: Option<&StateView>) -> Self {
+        let mut v3 = V3Store::new(&config.listeners);
+        if let Some(r) = restored {
+            v3.restore(&r.targets, &r.v3_tasks);
+        }
         // A burst of `qps` (a whole second's budget), like a server counting per second: a client that paces
         // itself at `qps` never sees 4400, a burst above it does.
         let limiters = std::num::NonZeroU32::new(config.qps)
@@ -181,7 +185,7 @@ impl Emulator {
             limiters,
             faults: Mutex::new(config.faults),
             store: Mutex::new(store),
-            v3: Mutex::new(V3Store::new(&config.listeners)),
+            v3: Mutex::new(v3),
             nonces: Mutex::new(NonceCache::default()),
             task_added: Notify::new(),
             changed: Notify::new(),
@@ -314,6 +318,9 @@ impl Emulator {
             at_ms,
         };
         debug!(action, code = ?call.error, "CLB emulator answered (v3)");
+        if call.task_id.is_some() && action != "DescribeTaskStatus" {
+            self.changed.notify_one();
+        }
         lock(&self.store).record(call);
         v3::envelope(&request_id, result)
     }

@@ -28,10 +28,10 @@ pub struct StateView {
     /// How many old calls were dropped from the log to bound its memory.
     #[serde(default)]
     pub calls_dropped: u64,
-    /// API 3.0: the targets bound on each application load balancer (not kept in the state file).
+    /// API 3.0: the targets bound on each application load balancer.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub targets: BTreeMap<String, Vec<TargetView>>,
-    /// API 3.0: every write task, by RequestId (not kept in the state file).
+    /// API 3.0: every write task, by RequestId.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub v3_tasks: Vec<V3TaskView>,
 }
@@ -48,6 +48,15 @@ pub struct V3TaskView {
     pub status: i64,
     /// When it ends (Unix milliseconds).
     pub due_at_ms: u64,
+    /// Whether it binds (or reweights) its targets; otherwise it unbinds them.
+    #[serde(default)]
+    pub register: bool,
+    /// The listener targets it changes, with their weights.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<TargetView>,
+    /// On a classic load balancer: the instances and weights it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classic: Option<Vec<(String, u32)>>,
 }
 
 /// A target bound on an application load balancer (API 3.0).

@@ -78,6 +78,16 @@ impl std::str::FromStr for SeedListener {
 /// A target where it is bound: listener, rule (layer 7), instance and port.
 type TargetKey = (String, Option<String>, String, u16);
 
+fn target_view((listener_id, location_id, instance_id, port): &TargetKey, weight: u32) -> TargetView {
+    TargetView {
+        listener_id: listener_id.clone(),
+        location_id: location_id.clone(),
+        instance_id: instance_id.clone(),
+        port: *port,
+        weight,
+    }
+}
+
 /// The v3 state: application load balancers, their listeners and targets, and the tasks.
 #[derive(Debug, Default)]
 pub(crate) struct V3Store {
@@ -303,26 +313,48 @@ impl V3Store {
         classic
     }
 
-    /// Every task, for the state view.
+    /// Every task, for the state view (and the state file).
     pub(crate) fn task_views(&self) -> Vec<super::state::V3TaskView> {
         let view = |(id, t): (&String, &V3Task)| super::state::V3TaskView {
             request_id: id.clone(),
             load_balancer_id: t.load_balancer.clone(),
             status: t.status,
             due_at_ms: t.due_ms,
+            register: t.register,
+            targets: t.targets.iter().map(|(k, w)| target_view(k, *w)).collect(),
+            classic: t.classic.clone(),
         };
         self.tasks.iter().map(view).collect()
     }
 
+    /// Takes back the targets and tasks of a state file (listeners come from the seeds of this start).
+    pub(crate) fn restore(
+        &mut self,
+        targets: &BTreeMap<String, Vec<TargetView>>,
+        tasks: &[super::state::V3TaskView],
+    ) {
+        let key =
+            |t: &TargetView| (t.listener_id.clone(), t.location_id.clone(), t.instance_id.clone(), t.port);
+        for (lb, views) in targets {
+            let bound = self.targets.entry(lb.clone()).or_default();
+            bound.extend(views.iter().map(|t| (key(t), t.weight)));
+        }
+        for t in tasks {
+            let task = V3Task {
+                status: t.status,
+                due_ms: t.due_at_ms,
+                load_balancer: t.load_balancer_id.clone(),
+                register: t.register,
+                targets: t.targets.iter().map(|v| (key(v), v.weight)).collect(),
+                classic: t.classic.clone(),
+            };
+            self.tasks.insert(t.request_id.clone(), task);
+        }
+    }
+
     /// The bound targets of every application load balancer.
     pub(crate) fn view(&self) -> BTreeMap<String, Vec<TargetView>> {
-        let view = |((listener_id, location_id, instance_id, port), weight): (&TargetKey, &u32)| TargetView {
-            listener_id: listener_id.clone(),
-            location_id: location_id.clone(),
-            instance_id: instance_id.clone(),
-            port: *port,
-            weight: *weight,
-        };
+        let view = |(key, weight): (&TargetKey, &u32)| target_view(key, *weight);
         self.targets.iter().map(|(lb, targets)| (lb.clone(), targets.iter().map(view).collect())).collect()
     }
 
