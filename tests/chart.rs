@@ -113,7 +113,7 @@ const NON_DEFAULT: &str = r#"
 replicaCount: 3
 image: {repository: registry.example.com/clb-operator, tag: "1.2.3", pullPolicy: Always}
 imagePullSecrets: [{name: regcred}]
-clb: {endpoint: "http://clb-emulator.test:8080/v2/index.php", rateLimit: 5, batchSize: 50}
+clb: {api: v2, endpoint: "http://clb-emulator.test:8080/v2/index.php", rateLimit: 5, batchSize: 50}
 credentials: {existingSecret: clb-credentials}
 reconcile: {concurrency: 4, resync: 10m, settle: 250ms, watchNamespace: shop}
 leaderElection: {enabled: true, leaseName: clb-leader, leaseDuration: 30s}
@@ -185,13 +185,14 @@ fn default_values_render_a_production_install() {
         "--leader-elect",
         "--leader-election-lease=clb-operator",
         "--lease-duration=15s",
-        "--clb-endpoint=https://lb.api.qcloud.com/v2/index.php",
+        "--clb-api=v3",
         "--rate-limit=20",
         "--batch-size=20",
     ] {
         assert!(args.iter().any(|a| a == arg), "args lack {arg}: {args:?}");
     }
     assert!(!args.iter().any(|a| a.starts_with("--namespace")), "{args:?}");
+    assert!(!args.iter().any(|a| a.starts_with("--clb-endpoint")), "the endpoint follows the API: {args:?}");
     let env: Vec<&Value> = c["env"].as_array().unwrap().iter().collect();
     let env_named = |n: &str| env.iter().find(|e| e["name"] == n).copied();
     assert_eq!(env_named("POD_NAME").unwrap()["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
@@ -266,6 +267,7 @@ fn non_default_values_render_as_asked() {
     assert_eq!(c["imagePullPolicy"], "Always");
     let args = strings(&c["args"]);
     for arg in [
+        "--clb-api=v2",
         "--clb-endpoint=http://clb-emulator.test:8080/v2/index.php",
         "--rate-limit=5",
         "--batch-size=50",
@@ -303,6 +305,7 @@ fn bad_values_are_refused_with_a_clear_message() {
         ("replicaCount=two", "at '/replicaCount': got string, want integer"),
         ("leaderElection.bogus=1", "at '/leaderElection': additional properties 'bogus' not allowed"),
         ("replicas=3", "additional properties 'replicas' not allowed"),
+        ("clb.api=v4", "at '/clb/api'"),
         ("clb.batchSize=0", "at '/clb/batchSize': minimum: got 0, want 1"),
         ("clb.batchSize=101", "at '/clb/batchSize': maximum: got 101, want 100"),
         ("clb.rateLimit=0", "at '/clb/rateLimit': minimum: got 0, want 1"),

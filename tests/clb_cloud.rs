@@ -331,3 +331,19 @@ async fn the_signature_matrix() {
         .unwrap();
     assert_eq!(code(&answer), Some("AuthFailure.SecretIdNotFound"));
 }
+
+/// The emulator's `--qps` limit answers API 3.0 with RequestLimitExceeded; the client's retries get through.
+#[tokio::test]
+async fn the_request_limit_is_retried() {
+    use clb_operator::clb::v3::{Action, DescribeTargetsResponse, ErrorClass};
+    let emu = emulator(|c| c.qps = 1).await;
+    let once =
+        V3Client::new(emu.v3_endpoint(), emu.credentials().clone(), "gz", 50).unwrap().with_attempts(1);
+    let request = json!({"LoadBalancerId": "lb-app"});
+    once.call::<DescribeTargetsResponse>(Action::DescribeTargets, &request).await.unwrap();
+    let refused = once.call::<DescribeTargetsResponse>(Action::DescribeTargets, &request).await.unwrap_err();
+    assert_eq!(refused.class(), ErrorClass::Retry, "{refused}");
+    assert!(refused.to_string().contains("RequestLimitExceeded"), "{refused}");
+    let patient = V3Client::new(emu.v3_endpoint(), emu.credentials().clone(), "gz", 50).unwrap();
+    patient.call::<DescribeTargetsResponse>(Action::DescribeTargets, &request).await.unwrap();
+}

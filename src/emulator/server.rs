@@ -39,6 +39,9 @@ pub(crate) struct Emulator {
     timestamp_window_secs: i64,
     /// Per-action admission limiters (`--qps`), indexed by [`Action::index`]; `None` when unlimited.
     limiters: Option<[DefaultDirectRateLimiter; Action::ALL.len()]>,
+    /// The same for API 3.0 actions, by name, made on first use.
+    v3_limiters: Mutex<HashMap<String, DefaultDirectRateLimiter>>,
+    qps: u32,
     faults: Mutex<Faults>,
     pub(crate) store: Mutex<Store>,
     /// The API 3.0 state: application load balancers, listeners, targets, tasks.
@@ -183,6 +186,8 @@ impl Emulator {
             in_operating: config.resource_in_operating,
             timestamp_window_secs: i64::try_from(config.timestamp_window.as_secs()).unwrap_or(i64::MAX),
             limiters,
+            v3_limiters: Mutex::default(),
+            qps: config.qps,
             faults: Mutex::new(config.faults),
             store: Mutex::new(store),
             v3: Mutex::new(v3),
@@ -194,6 +199,15 @@ impl Emulator {
 
     pub(crate) fn credentials(&self) -> &Credentials {
         &self.credentials
+    }
+
+    /// Whether `--qps` admits one more API 3.0 `action` request now.
+    fn admit_v3(&self, action: &str) -> bool {
+        let Some(qps) = std::num::NonZeroU32::new(self.qps) else { return true };
+        let mut limiters = lock(&self.v3_limiters);
+        let limiter =
+            limiters.entry(action.to_owned()).or_insert_with(|| RateLimiter::direct(Quota::per_second(qps)));
+        limiter.check().is_ok()
     }
 
     /// Makes every batch call report these listeners as failed (empty: none).
@@ -267,6 +281,12 @@ impl Emulator {
                     return Err(v3::V3Error {
                         code: "InternalError",
                         message: "internal error (injected)".into(),
+                    });
+                }
+                if !self.admit_v3(action) {
+                    return Err(v3::V3Error {
+                        code: "RequestLimitExceeded",
+                        message: format!("request limit of {action} exceeded"),
                     });
                 }
                 // Classic load balancers live in the v2 state: a snapshot of it for reading, and the changes of
