@@ -6,7 +6,10 @@ use clap::Args;
 
 use crate::{
     clb::{Credentials, ENV_SECRET_ID, ENV_SECRET_KEY, SecretString},
-    emulator::{EmulatorConfig, Faults, SeedListener, SeedLoadBalancer},
+    emulator::{
+        EmulatorConfig, Faults, SeedListener, SeedLoadBalancer,
+        proxy::{InstanceAddr, ListenerHealthCheck, Serve},
+    },
 };
 
 /// Arguments of `clb-operator emulator`.
@@ -54,6 +57,18 @@ pub struct EmulatorArgs {
     /// `lb-x/lbl-y=TCP:80`, or `lb-x/lbl-y=HTTP:80,loc-1=a.example.com/path` with layer-7 rules.
     #[arg(long = "listener", value_name = "LB/LISTENER=PROTOCOL:PORT[,RULE=DOMAIN/URL...]")]
     pub listeners: Vec<SeedListener>,
+    /// Carry real TCP traffic for a listener on an address (repeatable), e.g. `lbl-1=127.0.0.1:18080`: each
+    /// connection goes to one of its targets with weight > 0, weighted round robin.
+    #[arg(long = "serve", value_name = "LISTENER=IP:PORT")]
+    pub serve: Vec<Serve>,
+    /// The private address of a CVM instance, where served listeners reach its targets (repeatable), e.g.
+    /// `ins-a=127.0.0.11`.
+    #[arg(long = "instance", value_name = "INSTANCE=IP")]
+    pub instances: Vec<InstanceAddr>,
+    /// A TCP health check on a served listener (repeatable): `lbl-1` with Tencent's defaults (every 5 s, 2 s
+    /// timeout, 3 failures unhealthy, 3 successes healthy) or `lbl-1=INTERVAL,TIMEOUT,UNHEALTHY,HEALTHY`.
+    #[arg(long = "health-check", value_name = "LISTENER[=INTERVAL,TIMEOUT,UNHEALTHY,HEALTHY]")]
+    pub health_checks: Vec<ListenerHealthCheck>,
     /// Requests per second admitted per action (more is answered 4400); 0 admits all.
     #[arg(long, default_value_t = 0)]
     pub qps: u32,
@@ -91,6 +106,9 @@ impl EmulatorArgs {
             qps: self.qps,
             load_balancers: self.load_balancers,
             listeners: self.listeners,
+            serve: self.serve,
+            instances: self.instances,
+            health_checks: self.health_checks,
             state_file: self.state_file,
             ..EmulatorConfig::default()
         })

@@ -8,6 +8,7 @@
 //!   `{"taskFailRate": 0, "errorRate": 0.3, "taskDuration": "200ms", "latency": "0s"}`; answers the new faults
 //!   (400 with `{"error": …}` for a rate outside 0..=1 or a bad duration).
 
+pub mod proxy;
 mod server;
 mod state;
 mod v3;
@@ -164,6 +165,12 @@ pub struct EmulatorConfig {
     pub listeners: Vec<SeedListener>,
     /// Where load balancers and tasks are kept across restarts.
     pub state_file: Option<PathBuf>,
+    /// Listeners that carry real TCP traffic, each on an address (see [`proxy`]).
+    pub serve: Vec<proxy::Serve>,
+    /// The private address of each CVM instance, where served listeners reach its targets.
+    pub instances: Vec<proxy::InstanceAddr>,
+    /// Health checks of served listeners (none: traffic goes to every target with weight > 0).
+    pub health_checks: Vec<proxy::ListenerHealthCheck>,
     /// Largest accepted difference between a request's Timestamp and the emulator's clock (300 s, the
     /// stricter of the documented values).
     pub timestamp_window: Duration,
@@ -186,6 +193,9 @@ impl Default for EmulatorConfig {
             load_balancers: Vec::new(),
             listeners: Vec::new(),
             state_file: None,
+            serve: Vec::new(),
+            instances: Vec::new(),
+            health_checks: Vec::new(),
             timestamp_window: Duration::from_secs(300),
         }
     }
@@ -349,6 +359,24 @@ pub async fn spawn(config: EmulatorConfig, listener: TcpListener) -> Result<Emul
         }
     }));
     tasks.push(tokio::spawn(run_tasks(Arc::clone(&emulator), stopped.clone())));
+    if !config.serve.is_empty() {
+        let mut served = Vec::new();
+        for s in &config.serve {
+            let l = tokio::net::TcpListener::bind(s.addr)
+                .await
+                .map_err(|error| EmulatorError::Listen { addr: s.addr.to_string(), error })?;
+            served.push((s.clone(), l));
+        }
+        let instances = config.instances.iter().map(|i| (i.instance_id.clone(), i.ip)).collect();
+        let proxy = proxy::run(
+            Arc::clone(&emulator),
+            served,
+            config.health_checks.clone(),
+            instances,
+            stopped.clone(),
+        );
+        tasks.push(tokio::spawn(proxy));
+    }
     if let Some(path) = config.state_file.clone() {
         // Written once at start too, so a fresh file exists as soon as the emulator is up.
         emulator.changed.notify_one();

@@ -233,6 +233,20 @@ impl Emulator {
         next
     }
 
+    /// The targets bound on `listener` (any load balancer, any rule) with their weights, tasks that are due
+    /// applied first: what a new connection may go to.
+    pub(crate) fn serving(&self, listener: &str) -> Vec<((String, u16), u32)> {
+        let fail_rate = self.faults().task_fail_rate;
+        let (changes, bound) = {
+            let mut v3 = lock(&self.v3);
+            (v3.finish_due(now_ms(), || rand::random::<f64>() < fail_rate), v3.bound_on(listener))
+        };
+        if !changes.is_empty() {
+            lock(&self.store).apply_classic(&changes);
+        }
+        bound
+    }
+
     /// Everything it knows, v2 and v3, with the v3 tasks that are due applied first.
     pub(crate) fn view(&self, with_calls: bool) -> StateView {
         let fail_rate = self.faults().task_fail_rate;

@@ -313,6 +313,14 @@ impl V3Store {
         classic
     }
 
+    /// The targets bound on `listener`, as (instance, port) and weight.
+    pub(crate) fn bound_on(&self, listener: &str) -> Vec<((String, u16), u32)> {
+        (self.targets.values().flatten())
+            .filter(|((l, _, _, _), _)| l == listener)
+            .map(|((_, _, instance, port), weight)| ((instance.clone(), *port), *weight))
+            .collect()
+    }
+
     /// Every task, for the state view (and the state file).
     pub(crate) fn task_views(&self) -> Vec<super::state::V3TaskView> {
         let view = |(id, t): (&String, &V3Task)| super::state::V3TaskView {
