@@ -266,15 +266,17 @@ async fn a_partial_batch_failure_retries_only_the_failed_listener() {
     );
 }
 
-/// A binding without listeners on a classic CLB is served through the ClassicalLB actions.
+/// A binding without listeners on a classic CLB is served through the ClassicalLB actions; it has no weight
+/// call, so a weight-0 pre-drain is reported as not possible and instances are deregistered at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_classic_load_balancer_goes_through_the_classical_actions() {
     let (t, emu) = setup_v3("v3-classic", |_| {}).await;
     let tok = token_suffix();
     let nodes = nodes(&t, &tok, 2).await;
     let _op = start_operator_with(&t, v3_config(&t, &emu));
-    binding(&t, "web", LB, false, json!({})).await;
-    wait_ready_with(&t, "web", &ids(&nodes)).await;
+    binding(&t, "web", LB, false, json!({"drain": {"weightZeroFor": "1h"}})).await;
+    let s = wait_ready_with(&t, "web", &ids(&nodes)).await;
+    assert_eq!(condition(&s, "PreDrain"), Some(("False".into(), "ClassicLoadBalancer".into())));
     assert_eq!(emu.state().backend_ids(LB).into_iter().collect::<BTreeSet<_>>(), ids(&nodes));
     assert_eq!(v3_calls(&emu, Action::RegisterTargetsWithClassicalLB).len(), 1);
 
@@ -390,4 +392,82 @@ async fn specs_that_do_not_fit_are_reported_and_nothing_is_written() {
         let err = b.try_create(&api).await.expect_err("refused by the API server");
         assert!(err.to_string().contains(message), "case {i}: {err}");
     }
+}
+
+/// The weights the emulator holds for `instance`'s targets on the application load balancer.
+fn weights(emu: &EmulatorHandle, instance: &str) -> Vec<u32> {
+    let state = emu.state();
+    let targets = state.targets.get(APP).cloned().unwrap_or_default();
+    targets.iter().filter(|t| t.instance_id == instance).map(|t| t.weight).collect()
+}
+
+async fn taint(t: &TestNs, node: &str, on: bool) {
+    let taints = match on {
+        true => json!([{"key": "ToBeDeletedByClusterAutoscaler", "value": "1", "effect": "NoSchedule"}]),
+        false => json!([]),
+    };
+    let patch = json!({"spec": {"taints": taints}});
+    Api::<Node>::all(t.client.clone())
+        .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+}
+
+/// With `drain.weightZeroFor`, a tainted node's targets go to weight 0 first and are deregistered only when the
+/// wait (kept in the status) is over, across a SIGKILL of the operator; a node whose taint is removed during
+/// the wait gets its weight back and is never deregistered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weight_zero_pre_drain_waits_then_deregisters() {
+    let (t, emu) = setup_v3("v3-weight-zero", |_| {}).await;
+    let tok = token_suffix();
+    let nodes = nodes(&t, &tok, 3).await;
+    let op = OperatorProcess::start(&t, &emu.v3_endpoint(), &[], &[]);
+    let mut spec = spec_listeners();
+    spec["drain"] = json!({"weightZeroFor": "5s"});
+    binding(&t, "web", APP, false, spec).await;
+    let s = wait_targets(&t, "web", &ours(&ids(&nodes))).await;
+    assert_eq!(condition(&s, "PreDrain"), Some(("True".into(), "WeightZero".into())));
+
+    let (node_a, ins_a) = nodes[0].clone();
+    let (node_b, ins_b) = nodes[1].clone();
+    taint(&t, &node_a, true).await;
+    let until = eventually(WAIT, "node A's targets Quiesced at weight 0", || async {
+        let s = status(&t, "web").await;
+        let mine: Vec<_> = s.backends.iter().filter(|b| b.instance_id == ins_a).collect();
+        let quiesced = mine.len() == 2 && mine.iter().all(|b| b.state == BackendState::Quiesced);
+        (quiesced && weights(&emu, &ins_a) == [0, 0]).then(|| mine[0].quiesced_until.clone().unwrap().0)
+    })
+    .await;
+    assert!(v3_calls(&emu, Action::BatchDeregisterTargets).is_empty(), "not deregistered during the wait");
+
+    // Killed during the wait: the restarted operator neither skips it nor starts it again.
+    op.kill();
+    let _op = OperatorProcess::start(&t, &emu.v3_endpoint(), &[], &[]);
+    taint(&t, &node_b, true).await;
+    eventually(WAIT, "node B's targets Quiesced", || async {
+        (weights(&emu, &ins_b) == [0, 0]).then_some(())
+    })
+    .await;
+    taint(&t, &node_b, false).await;
+    eventually(WAIT, "node B back at its weight", || async {
+        let s = status(&t, "web").await;
+        let back =
+            s.backends.iter().filter(|b| b.instance_id == ins_b).all(|b| b.state == BackendState::Registered);
+        (back && weights(&emu, &ins_b) == [10, 10]).then_some(())
+    })
+    .await;
+
+    let rest: BTreeSet<String> = ids(&nodes[1..]);
+    wait_targets(&t, "web", &ours(&rest)).await;
+    let state = emu.state();
+    let removals: Vec<_> =
+        state.calls.iter().filter(|c| c.action == "BatchDeregisterTargets" && c.error.is_none()).collect();
+    assert_eq!(removals.len(), 1, "only node A was deregistered: {removals:?}");
+    assert_eq!(removals[0].instance_ids, [ins_a.clone(), ins_a.clone()]);
+    let until_ms = u64::try_from(until.as_millisecond()).unwrap();
+    assert!(removals[0].at_ms >= until_ms, "deregistered after the wait: {} < {until_ms}", removals[0].at_ms);
+    assert!(removals[0].at_ms < until_ms + 5_000, "and not a second wait later");
+    let modifies =
+        state.calls.iter().filter(|c| c.action == "ModifyTargetWeight" && c.error.is_none()).count();
+    assert!(modifies >= 3, "weight 0 for A (2 listeners... per call) and B, and back for B: {modifies}");
 }

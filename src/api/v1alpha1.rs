@@ -200,6 +200,15 @@ pub struct DrainPolicy {
     /// Unset by default: a node that stops reporting often comes back, and its pods may still serve.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_not_ready_after: Option<kube::core::Duration>,
+
+    /// If set (e.g. "30s"), a going-away node's targets are first set to weight 0 (ModifyTargetWeight), so that
+    /// the load balancer sends them no new connection while open ones finish, and are deregistered only after
+    /// this long (the wait is kept in the status, so a restart neither skips nor restarts it). A node that
+    /// comes back meanwhile gets its weight back. Application CLBs only: a classic CLB has no weight call under
+    /// API 3.0, and its instances are deregistered at once (the PreDrain condition says so). A deleted node is
+    /// deregistered at once too. Unset by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_zero_for: Option<kube::core::Duration>,
 }
 
 impl Default for DrainPolicy {
@@ -209,6 +218,7 @@ impl Default for DrainPolicy {
             honor_exclusion_label: true,
             on_cordon: false,
             on_not_ready_after: None,
+            weight_zero_for: None,
         }
     }
 }
@@ -311,6 +321,9 @@ pub struct BackendStatus {
     /// The backend port on the listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// While Quiesced: when its weight-0 wait (spec.drain.weightZeroFor) ends and it is deregistered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiesced_until: Option<Time>,
     /// Node the instance belongs to, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
@@ -335,6 +348,12 @@ pub enum BackendState {
     Registered,
     /// A Deregister task runs for it; once that succeeds it leaves `backends`.
     Deregistering,
+    /// Going away with spec.drain.weightZeroFor: a task setting its weight to 0 runs.
+    Quiescing,
+    /// At weight 0 (no new connections) until `quiescedUntil`, then deregistered.
+    Quiesced,
+    /// Its node came back while Quiesced: a task giving it its weight back runs.
+    Restoring,
 }
 
 /// A CLB asynchronous task the operator submitted.
@@ -372,6 +391,10 @@ pub enum TaskAction {
     /// DeregisterTargets / BatchDeregisterTargets / DeregisterTargetsFromClassicalLB (API 3.0), or
     /// DeregisterInstancesFromLoadBalancer (API 2.0).
     Deregister,
+    /// ModifyTargetWeight to 0, before a deregistration (spec.drain.weightZeroFor).
+    Quiesce,
+    /// ModifyTargetWeight back to spec.weight, for a node that came back while quiesced.
+    Restore,
 }
 
 /// Where a task is.

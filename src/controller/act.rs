@@ -109,6 +109,26 @@ pub async fn register(
     )
 }
 
+/// Sets the weight of the targets of `items` (`action` names it in logs: Quiesce or Restore).
+#[allow(clippy::too_many_arguments)]
+pub async fn set_weight<T: Clone>(
+    ctx: &Context,
+    cloud: &dyn Cloud,
+    key: &Key,
+    lb: &str,
+    items: &[T],
+    target: impl Fn(&T) -> &Target,
+    weight: u32,
+    action: &'static str,
+) -> Vec<Outcome<T>> {
+    let targets: Vec<Target> = items.iter().map(|i| target(i).clone()).collect();
+    let batches = cloud.set_weight(lb, &targets, weight).await;
+    outcomes(ctx, key, action, batches, items, target, |_| {
+        let message = format!("load balancer {lb} does not exist");
+        Outcome::Failed(Problem { reason: reasons::LOAD_BALANCER_NOT_FOUND, message })
+    })
+}
+
 /// Turns the calls of a submission into outcomes over `items`; accepted tasks are scheduled for polling.
 fn outcomes<T: Clone>(
     ctx: &Context,

@@ -71,7 +71,9 @@ pub fn intents(
     for intent in intents {
         let shows = |t: &Target| match intent.action {
             TaskAction::Deregister => !on_lb.contains(t),
-            TaskAction::Register => on_lb.contains(t),
+            // Weight changes write no intent (they are safe to repeat); were one there, a bound target is all
+            // that can be seen of it.
+            TaskAction::Register | TaskAction::Quiesce | TaskAction::Restore => on_lb.contains(t),
         };
         let targets = plan::recorded_targets(&intent.instance_ids, &intent.targets);
         let shown: Vec<Target> = targets.iter().filter(|t| shows(t)).cloned().collect();
@@ -107,7 +109,9 @@ pub fn confirmed(task: &TaskRecord, on_lb: &BTreeSet<Target>) -> bool {
     let targets = plan::recorded_targets(&task.instance_ids, &task.targets);
     match task.action {
         TaskAction::Deregister => targets.iter().all(|t| !on_lb.contains(t)),
-        TaskAction::Register => targets.iter().all(|t| on_lb.contains(t)),
+        TaskAction::Register | TaskAction::Quiesce | TaskAction::Restore => {
+            targets.iter().all(|t| on_lb.contains(t))
+        }
     }
 }
 
@@ -325,7 +329,7 @@ mod tests {
         // Never shows: wait until the bound, then give up exactly once.
         let stuck = intent(TaskAction::Deregister, &["ins-a"], 100);
         let leave = Leave { target: Target::classic("ins-a"), reason: "NodeDeleted".into() };
-        let planned = || Plan { deregister: vec![leave.clone()], join: vec![] };
+        let planned = || Plan { deregister: vec![leave.clone()], ..Plan::default() };
         let mut resubmissions = 0;
         let mut pending = vec![stuck];
         for now in (100..200).step_by(5) {

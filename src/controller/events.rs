@@ -90,6 +90,8 @@ pub fn task_finished(
     let action_name = match action {
         TaskAction::Register => "Register",
         TaskAction::Deregister => "Deregister",
+        TaskAction::Quiesce => "Quiesce",
+        TaskAction::Restore => "Restore",
     };
     match (action, succeeded) {
         (TaskAction::Deregister, true) => Note::new(
@@ -103,6 +105,18 @@ pub fn task_finished(
             "Registered",
             action_name,
             format!("registered {ids} with {lb} (task {request_id})"),
+        ),
+        (TaskAction::Quiesce, true) => Note::new(
+            EventType::Normal,
+            "Quiesced",
+            action_name,
+            format!("set {ids} to weight 0 on {lb} before deregistering (task {request_id})"),
+        ),
+        (TaskAction::Restore, true) => Note::new(
+            EventType::Normal,
+            "Restored",
+            action_name,
+            format!("gave {ids} their weight back on {lb} (task {request_id})"),
         ),
         (_, false) => Note::new(
             EventType::Warning,

@@ -67,6 +67,7 @@ pub fn backend(id: &str, node: &str, state: BackendState) -> BackendStatus {
         listener_id: None,
         location_id: None,
         port: None,
+        quiesced_until: None,
         node: Some(node.into()),
         state,
         request_id: None,

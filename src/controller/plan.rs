@@ -62,6 +62,7 @@ pub fn backend(
         listener_id: at.map(|a| a.listener_id.clone()),
         location_id: at.and_then(|a| a.location_id.clone()),
         port: at.map(|a| a.port),
+        quiesced_until: None,
         node,
         state,
         request_id,
@@ -111,54 +112,101 @@ pub fn desired_targets(membership: &Membership, placements: &[Placement]) -> BTr
 /// The changes a binding needs, before the CLB is asked which joining instances it already has.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// Owned, registered instances that must leave, each with the reason recorded in the status.
+    /// Owned, registered targets that must leave, each with the reason recorded in the status.
     pub deregister: Vec<Leave>,
-    /// Desired instances the binding does not own yet, with their node.
+    /// Desired targets the binding does not own yet, with their node.
     pub join: Vec<Join>,
+    /// Registered targets going away that are first set to weight 0 (spec.drain.weightZeroFor).
+    pub quiesce: Vec<Leave>,
+    /// Quiesced targets whose node came back: their weight is given back.
+    pub restore: Vec<Join>,
+    /// When the first quiesced target's wait ends, if one waits.
+    pub wake: Option<Timestamp>,
+}
+
+/// How a binding drains: the weight-0 wait, if any, and the time now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Drain {
+    /// spec.drain.weightZeroFor.
+    pub weight_zero_for: Option<Duration>,
+    /// Now, in the status's clock.
+    pub now: Option<Timestamp>,
 }
 
 /// Compares what should serve (`desired`, from [`desired_targets`]) with what the binding owns. Targets with a
 /// task in flight are left alone until the task ends; targets the binding does not own are never planned for
 /// removal.
+///
+/// With a weight-0 wait (`drain`), a going-away listener target is quiesced first (unless its node is gone),
+/// deregistered once its wait has passed, and restored if it is desired again meanwhile.
 pub fn plan(
     backends: &[BackendStatus],
     membership: &Membership,
     desired: &BTreeMap<Target, String>,
     node_exists: impl Fn(&str) -> bool,
     pod_targeted: bool,
+    drain: Drain,
 ) -> Plan {
     let owned: BTreeSet<Target> = backends.iter().map(target_of).collect();
-    let deregister = backends
-        .iter()
-        .filter(|b| b.state == BackendState::Registered)
-        .map(|b| (b, target_of(b)))
-        .filter(|(_, t)| !desired.contains_key(t))
-        .map(|(b, target)| {
-            let reason = match membership.leaving.get(&b.instance_id) {
-                Some(signal) => signal.to_string(),
-                None if membership.desired.contains_key(&b.instance_id) => SPEC_CHANGED.to_owned(),
-                None => match b.node.as_deref() {
-                    Some(node) if node_exists(node) && pod_targeted => LeaveReason::NoReadyPods,
-                    Some(node) if node_exists(node) => LeaveReason::NotSelected,
-                    _ => LeaveReason::NodeDeleted,
+    let mut plan = Plan::default();
+    for b in backends {
+        let target = target_of(b);
+        let wanted = desired.contains_key(&target);
+        let node_gone = b.node.as_deref().is_none_or(|n| !node_exists(n));
+        let reason = || match membership.leaving.get(&b.instance_id) {
+            Some(signal) => signal.to_string(),
+            None if membership.desired.contains_key(&b.instance_id) => SPEC_CHANGED.to_owned(),
+            None => match b.node.as_deref() {
+                Some(node) if node_exists(node) && pod_targeted => LeaveReason::NoReadyPods,
+                Some(node) if node_exists(node) => LeaveReason::NotSelected,
+                _ => LeaveReason::NodeDeleted,
+            }
+            .to_string(),
+        };
+        match (b.state, wanted) {
+            (BackendState::Registered, false) => {
+                let leave = Leave { target: target.clone(), reason: reason() };
+                match drain.weight_zero_for {
+                    Some(_) if target.at.is_some() && !node_gone => plan.quiesce.push(leave),
+                    _ => plan.deregister.push(leave),
                 }
-                .to_string(),
-            };
-            Leave { target, reason }
-        })
-        .collect();
-    let join = desired
+            }
+            (BackendState::Quiesced, false) => {
+                let until = b.quiesced_until.as_ref().map(|t| t.0);
+                let due = match (drain.weight_zero_for, until, drain.now) {
+                    (Some(_), Some(until), Some(now)) if !node_gone && until > now => {
+                        plan.wake = Some(plan.wake.map_or(until, |w: Timestamp| w.min(until)));
+                        false
+                    }
+                    _ => true,
+                };
+                if due {
+                    let reason = b.reason.clone().unwrap_or_else(reason);
+                    plan.deregister.push(Leave { target: target.clone(), reason });
+                }
+            }
+            (BackendState::Quiesced, true) => {
+                let node = desired.get(&target).cloned().unwrap_or_default();
+                plan.restore.push(Join { target: target.clone(), node });
+            }
+            _ => {}
+        }
+    }
+    plan.join = desired
         .iter()
         .filter(|(t, _)| !owned.contains(*t))
         .map(|(t, node)| Join { target: t.clone(), node: node.clone() })
         .collect();
-    Plan { deregister, join }
+    plan
 }
 
 impl Plan {
-    /// Whether nothing needs to change.
+    /// Whether nothing needs to change now.
     pub fn is_empty(&self) -> bool {
-        self.deregister.is_empty() && self.join.is_empty()
+        self.deregister.is_empty()
+            && self.join.is_empty()
+            && self.quiesce.is_empty()
+            && self.restore.is_empty()
     }
 }
 
@@ -200,7 +248,7 @@ mod tests {
         node_exists: impl Fn(&str) -> bool,
         pod_targeted: bool,
     ) -> Plan {
-        plan(backends, m, &desired_targets(m, &[]), node_exists, pod_targeted)
+        plan(backends, m, &desired_targets(m, &[]), node_exists, pod_targeted, Drain::default())
     }
 
     fn membership(desired: &[(&str, &str)], leaving: &[(&str, LeaveReason)]) -> Membership {
@@ -258,6 +306,44 @@ mod tests {
             classic_plan(&backends, &membership(&[("ins-a", "a")], &[]), |_| true, false),
             Plan::default()
         );
+    }
+
+    /// With a weight-0 wait, a going-away listener target is quiesced first, deregistered once its wait has
+    /// passed (at once if its node is gone), and restored when it is desired again; classic targets and those of
+    /// deleted nodes go at once.
+    #[test]
+    fn weight_zero_quiesces_then_deregisters_or_restores() {
+        let t = |s| Timestamp::from_second(s).unwrap();
+        let on = |i: &str| Target {
+            instance: i.into(),
+            at: Some(Placement { listener_id: "lbl-1".into(), location_id: None, port: 80 }),
+        };
+        let listed = |i: &str, node: &str, state, until: Option<i64>| {
+            let mut b = backend(i, node, state);
+            (b.listener_id, b.port) = (Some("lbl-1".into()), Some(80));
+            b.quiesced_until = until.map(|u| k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t(u)));
+            b
+        };
+        let backends = [
+            listed("ins-a", "a", BackendState::Registered, None),
+            listed("ins-b", "b", BackendState::Quiesced, Some(100)),
+            listed("ins-c", "c", BackendState::Quiesced, Some(200)),
+            listed("ins-d", "d", BackendState::Quiesced, Some(200)),
+            listed("ins-e", "gone", BackendState::Registered, None),
+            backend("ins-f", "f", BackendState::Registered),
+        ];
+        let m = membership(&[("ins-d", "d")], &[]);
+        let desired: BTreeMap<Target, String> = [(on("ins-d"), "d".to_owned())].into();
+        let drain = Drain { weight_zero_for: Some(Duration::from_secs(30)), now: Some(t(150)) };
+        let p = plan(&backends, &m, &desired, |n| n != "gone", false, drain);
+        let targets = |l: &[Leave]| l.iter().map(|l| l.target.instance.clone()).collect::<Vec<_>>();
+        assert_eq!(targets(&p.quiesce), ["ins-a"]);
+        assert_eq!(targets(&p.deregister), ["ins-b", "ins-e", "ins-f"], "wait over, node gone, classic");
+        assert_eq!(p.restore, [Join { target: on("ins-d"), node: "d".into() }]);
+        assert_eq!(p.wake, Some(t(200)), "ins-c waits until 200");
+        let without =
+            plan(&backends, &m, &desired, |n| n != "gone", false, Drain { weight_zero_for: None, ..drain });
+        assert!(without.quiesce.is_empty() && without.wake.is_none(), "unset: everything leaves at once");
     }
 
     /// Instances already on the load balancer are adopted rather than registered again.

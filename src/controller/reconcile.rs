@@ -158,12 +158,15 @@ async fn apply(binding: Arc<ClbBackendBinding>, ctx: &Context) -> Result<Action>
 
     // Decide: what changes, and whether it goes out now (settling, the problem backoff, failed-task backoff,
     // and a spec that does not fit the load balancer).
+    let drain =
+        plan::Drain { weight_zero_for: spec.drain.weight_zero_for.map(Duration::from), now: Some(seen.now) };
     let planned = plan::plan(
         &draft.status.backends,
         membership,
         &wanted,
         |n| seen.existing.contains(n),
         seen.pod_targeted(),
+        drain,
     );
     let plan = decide::without_intents(planned, &draft.status.intents);
     let cause = decide::cause(generation, seen.secret_version.as_deref(), seen.retry_requested(), &plan);
@@ -180,17 +183,29 @@ async fn apply(binding: Arc<ClbBackendBinding>, ctx: &Context) -> Result<Action>
     }
 
     // Act and record, removals first: a backend going away must stop receiving traffic before anything else.
+    let wake = plan.wake;
     let leaving = decide::step(plan.deregister, TaskAction::Deregister, &draft.status.tasks, seen.now, wait);
     if let Step::Submit(leaving) = &leaving {
         met.extend(deregister(ctx, &seen, clb, leaving, &mut draft).await?);
     }
+    let quiescing = decide::step(plan.quiesce, TaskAction::Quiesce, &draft.status.tasks, seen.now, wait);
+    if let Step::Submit(quiescing) = &quiescing {
+        met.extend(quiesce(ctx, &seen, clb, quiescing, drain, &mut draft).await?);
+    }
     let blocked = wait || !met.problems.is_empty();
+    let restoring = decide::step(plan.restore, TaskAction::Restore, &draft.status.tasks, seen.now, blocked);
+    if let Step::Submit(restoring) = &restoring {
+        met.extend(restore(ctx, &seen, clb, restoring, &mut draft).await?);
+    }
     let joining = decide::step(plan.join, TaskAction::Register, &draft.status.tasks, seen.now, blocked);
     if let Step::Submit(joining) = &joining {
         met.extend(join(ctx, &seen, clb, joining, &mut draft).await?);
     }
-    let pending = leaving == Step::Pending || joining == Step::Pending;
-    let recheck = [membership.recheck_after, intents.0].into_iter().flatten().min();
+    let pending = [&leaving, &quiescing].iter().any(|s| **s == Step::Pending)
+        || [&restoring, &joining].iter().any(|s| **s == Step::Pending);
+    // A quiesced target is deregistered when its wait ends: no event marks that moment.
+    let woken = wake.and_then(|w| Duration::try_from(w.duration_since(seen.now)).ok());
+    let recheck = [membership.recheck_after, intents.0, woken].into_iter().flatten().min();
     let done = Done { desired, pending, gate, cause, settle, recheck, met };
     finish(ctx, &seen, draft, done).await
 }
@@ -251,7 +266,7 @@ async fn cleanup(binding: Arc<ClbBackendBinding>, ctx: &Context) -> Result<Actio
         .flat_map(|i| plan::recorded_targets(&i.instance_ids, &i.targets))
         .collect();
     let leaving: Vec<Leave> = (draft.status.backends.iter())
-        .filter(|b| b.state == BackendState::Registered)
+        .filter(|b| matches!(b.state, BackendState::Registered | BackendState::Quiesced))
         .map(plan::target_of)
         .filter(|t| !held.contains(t))
         .map(|target| Leave { target, reason: "BindingDeleted".to_owned() })
@@ -368,6 +383,100 @@ async fn deregister(
     let recorded = status::deregistered(&mut draft.status, &outcomes, seen.now);
     status::intent_done(&mut draft.status, &attempt);
     draft.persist(ctx, &seen.binding).await?; // the requestIds reach the status before anything else
+    Ok(recorded)
+}
+
+/// Sets going-away targets to weight 0 before they are deregistered (spec.drain.weightZeroFor) and records the
+/// tasks. No intent is written first: setting a weight is safe to repeat, so a crash before the record costs one
+/// more weight call, never a wrong state. Targets whose weight call failed are deregistered at once: a node going
+/// away must not keep its traffic because the gentler path failed.
+async fn quiesce(
+    ctx: &Context,
+    seen: &Observed,
+    clb: &dyn Cloud,
+    leaving: &[Leave],
+    drain: plan::Drain,
+    draft: &mut Draft,
+) -> Result<Recorded> {
+    let lb = &seen.binding.spec.load_balancer_id;
+    let outcomes = act::set_weight(ctx, clb, &seen.key, lb, leaving, |l| &l.target, 0, "Quiesce").await;
+    let wait = drain.weight_zero_for.unwrap_or_default();
+    let mut failed: Vec<Leave> = Vec::new();
+    for outcome in outcomes {
+        match outcome {
+            Outcome::Task { request_id, batch } => {
+                let targets: Vec<_> =
+                    batch.iter().map(|l| (l.target.clone(), Some(l.reason.clone()))).collect();
+                status::weight_submitted(
+                    &mut draft.status,
+                    &request_id,
+                    TaskAction::Quiesce,
+                    &targets,
+                    wait,
+                    seen.now,
+                );
+            }
+            Outcome::Gone(_) => {}
+            Outcome::Failed(problem) => {
+                warn!(binding = %seen.key, reason = problem.reason, "Setting weight 0 failed; deregistering at once");
+            }
+        }
+    }
+    let quiesced: BTreeSet<Target> = (draft.status.backends.iter())
+        .filter(|b| b.state == BackendState::Quiescing)
+        .map(plan::target_of)
+        .collect();
+    failed.extend(leaving.iter().filter(|l| !quiesced.contains(&l.target)).cloned());
+    draft.persist(ctx, &seen.binding).await?; // the requestIds reach the status before anything else
+    if failed.is_empty() {
+        return Ok(Recorded::default());
+    }
+    deregister(ctx, seen, clb, &failed, draft).await
+}
+
+/// Gives quiesced targets whose node came back their weight again, and records the tasks (no intent: see
+/// [`quiesce`]).
+async fn restore(
+    ctx: &Context,
+    seen: &Observed,
+    clb: &dyn Cloud,
+    joining: &[Join],
+    draft: &mut Draft,
+) -> Result<Recorded> {
+    let spec = &seen.binding.spec;
+    let weight = u32::try_from(spec.weight.clamp(0, 100)).unwrap_or(10);
+    let outcomes = act::set_weight(
+        ctx,
+        clb,
+        &seen.key,
+        &spec.load_balancer_id,
+        joining,
+        |j| &j.target,
+        weight,
+        "Restore",
+    )
+    .await;
+    let mut recorded = Recorded::default();
+    for outcome in outcomes {
+        match outcome {
+            Outcome::Task { request_id, batch } => {
+                let targets: Vec<_> = batch.iter().map(|j| (j.target.clone(), None)).collect();
+                let (status, now) = (&mut draft.status, seen.now);
+                status::weight_submitted(
+                    status,
+                    &request_id,
+                    TaskAction::Restore,
+                    &targets,
+                    Duration::ZERO,
+                    now,
+                );
+                recorded.claimed.extend(batch.iter().map(|j| j.node.clone()));
+            }
+            Outcome::Gone(_) => {}
+            Outcome::Failed(problem) => recorded.problems.push(problem),
+        }
+    }
+    draft.persist(ctx, &seen.binding).await?;
     Ok(recorded)
 }
 
@@ -514,6 +623,9 @@ async fn conclude(ctx: &Context, seen: &Observed, draft: &mut Draft, done: Done)
     };
     let generation = seen.binding.meta().generation;
     status::summarize(&mut draft.status, generation, &desired, pending, problem.as_ref(), seen.now);
+    let spec = &seen.binding.spec;
+    let weight_zero = spec.drain.weight_zero_for.is_some();
+    status::pre_drain(&mut draft.status, weight_zero, !spec.listeners.is_empty(), generation, seen.now);
 
     // The drained mark first: whoever sees the status say an instance is gone finds its node marked.
     let owned_here: BTreeSet<String> = draft.status.backends.iter().filter_map(|b| b.node.clone()).collect();
@@ -529,7 +641,7 @@ async fn conclude(ctx: &Context, seen: &Observed, draft: &mut Draft, done: Done)
     ctx.metrics.set_binding(key.to_string(), Some(counts(&draft.status)));
 
     let failing = pending || problem.as_ref().is_some_and(|p| p.reason == reasons::TASK_FAILED);
-    let retries = [TaskAction::Deregister, TaskAction::Register]
+    let retries = [TaskAction::Deregister, TaskAction::Register, TaskAction::Quiesce, TaskAction::Restore]
         .into_iter()
         .filter(|_| failing)
         .filter_map(|action| plan::retry_at(&draft.status.tasks, action))

@@ -1,6 +1,6 @@
 //! Pure status bookkeeping: recording submitted and finished tasks, the counters, and the conditions.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, time::Duration};
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -32,6 +32,32 @@ pub fn deregister_submitted(
     }
     let targets: Vec<Target> = leaving.iter().map(|l| l.target.clone()).collect();
     push_running(status, request_id, TaskAction::Deregister, &targets, now);
+}
+
+/// Records a submitted weight change: a Quiesce's targets turn `Quiescing` with their wait (`wait` from now, moved
+/// to start at the task's end when it succeeds), a Restore's `Restoring`.
+pub fn weight_submitted(
+    status: &mut ClbBackendBindingStatus,
+    request_id: &str,
+    action: TaskAction,
+    targets: &[(Target, Option<String>)],
+    wait: Duration,
+    now: Timestamp,
+) {
+    for (target, reason) in targets {
+        if let Some(b) = status.backends.iter_mut().find(|b| target_of(b) == *target) {
+            b.request_id = Some(request_id.to_owned());
+            if action == TaskAction::Quiesce {
+                b.state = BackendState::Quiescing;
+                b.reason = reason.clone();
+                b.quiesced_until = now.checked_add(wait).ok().map(Time);
+            } else {
+                b.state = BackendState::Restoring;
+            }
+        }
+    }
+    let targets: Vec<Target> = targets.iter().map(|(t, _)| t.clone()).collect();
+    push_running(status, request_id, action, &targets, now);
 }
 
 /// Records a submitted Register task: its targets join `backends` as `Registering`.
@@ -103,15 +129,34 @@ pub fn task_finished(
     task.state = if succeeded { TaskState::Succeeded } else { TaskState::Failed };
     task.completed_at = Some(Time(now));
     let mine = |b: &BackendStatus| b.request_id.as_deref() == Some(request_id);
+    let submitted = task.submitted_at.0;
     match (task.action, succeeded) {
         (TaskAction::Deregister, true) | (TaskAction::Register, false) => {
             status.backends.retain(|b| !mine(b))
         }
-        (TaskAction::Register, true) | (TaskAction::Deregister, false) => {
+        (action, succeeded) => {
             for b in status.backends.iter_mut().filter(|b| mine(b)) {
-                b.state = BackendState::Registered;
                 b.request_id = None;
-                b.reason = None;
+                // Where a target goes when its task ends: a failed removal of a quiesced target leaves it
+                // quiesced; a quiesce's wait starts when its weight is 0, i.e. now.
+                let quiesced = match (action, succeeded) {
+                    (TaskAction::Quiesce, true) => {
+                        let wait = b.quiesced_until.as_ref().map(|u| u.0.duration_since(submitted));
+                        b.quiesced_until = wait.and_then(|w| now.checked_add(w).ok()).map(Time);
+                        true
+                    }
+                    (TaskAction::Restore, false) | (TaskAction::Deregister, false) => {
+                        b.quiesced_until.is_some()
+                    }
+                    _ => false,
+                };
+                if quiesced {
+                    b.state = BackendState::Quiesced;
+                } else {
+                    b.state = BackendState::Registered;
+                    b.quiesced_until = None;
+                    b.reason = None;
+                }
             }
         }
     }
@@ -281,6 +326,7 @@ pub fn intents_resolved(
                 r.released.extend(released_nodes(status, targets));
                 already_gone(status, targets);
             }
+            TaskAction::Quiesce | TaskAction::Restore => {}
             TaskAction::Register => {
                 let owned: BTreeSet<Target> = status.backends.iter().map(target_of).collect();
                 for t in targets.iter().filter(|t| !owned.contains(*t)) {
@@ -300,6 +346,31 @@ fn released_nodes(status: &ClbBackendBindingStatus, gone: &[Target]) -> BTreeSet
     let leaving = nodes_of(status, |b| gone.contains(&target_of(b)));
     let staying = nodes_of(status, |b| !gone.contains(&target_of(b)));
     leaving.difference(&staying).cloned().collect()
+}
+
+/// Sets the `PreDrain` condition when spec.drain.weightZeroFor is set: True when going-away targets are set to
+/// weight 0 first, False on a classic CLB (no listeners), which has no weight call under API 3.0. Removed when
+/// weightZeroFor is unset.
+pub fn pre_drain(
+    status: &mut ClbBackendBindingStatus,
+    weight_zero: bool,
+    listeners: bool,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    if !weight_zero {
+        status.conditions.retain(|c| c.type_ != "PreDrain");
+        return;
+    }
+    let (value, reason, message) = match listeners {
+        true => (true, "WeightZero", "going-away targets are set to weight 0 before they are deregistered"),
+        false => (
+            false,
+            "ClassicLoadBalancer",
+            "a classic CLB has no weight call under CLB API 3.0: instances are deregistered at once",
+        ),
+    };
+    set_condition(&mut status.conditions, "PreDrain", value, reason, message.to_owned(), generation, now);
 }
 
 /// Something that keeps a binding from being in sync, shown as `Degraded=True`.
@@ -490,6 +561,43 @@ mod tests {
         assert_eq!(s.tasks[0].state, TaskState::Running);
         assert_eq!(s.tasks[1].request_id, "13");
         assert_eq!(s.backends.iter().filter(|b| b.state == BackendState::Registered).count(), 14);
+    }
+
+    /// A quiesce task moves its targets to Quiesced with the wait counted from the task's end; a failed removal
+    /// leaves them quiesced; a restore brings them back to Registered.
+    #[test]
+    fn weight_tasks_move_targets_through_quiesced() {
+        use crate::clb::cloud::Placement;
+        let on = Target {
+            instance: "ins-a".into(),
+            at: Some(Placement { listener_id: "lbl-1".into(), location_id: None, port: 80 }),
+        };
+        let mut b = registered("ins-a");
+        (b.listener_id, b.port) = (Some("lbl-1".into()), Some(80));
+        let mut s = ClbBackendBindingStatus { backends: vec![b], ..Default::default() };
+        let wait = Duration::from_secs(30);
+        weight_submitted(
+            &mut s,
+            "q1",
+            TaskAction::Quiesce,
+            &[(on.clone(), Some("Taint/x".into()))],
+            wait,
+            t(10),
+        );
+        assert_eq!(s.backends[0].state, BackendState::Quiescing);
+        task_finished(&mut s, "q1", true, t(12));
+        assert_eq!(s.backends[0].state, BackendState::Quiesced);
+        assert_eq!(s.backends[0].quiesced_until, Some(Time(t(42))), "30 s from when weight 0 took effect");
+        deregister_submitted(&mut s, "d1", &[Leave { target: on.clone(), reason: "Taint/x".into() }], t(42));
+        task_finished(&mut s, "d1", false, t(43));
+        assert_eq!(s.backends[0].state, BackendState::Quiesced, "a failed removal stays at weight 0");
+        weight_submitted(&mut s, "r1", TaskAction::Restore, &[(on.clone(), None)], Duration::ZERO, t(44));
+        assert_eq!(s.backends[0].state, BackendState::Restoring);
+        task_finished(&mut s, "r1", true, t(45));
+        assert_eq!(
+            (s.backends[0].state, s.backends[0].quiesced_until.clone()),
+            (BackendState::Registered, None)
+        );
     }
 
     /// A status written with integer task ids (before API 3.0) is read, and written back as strings.
