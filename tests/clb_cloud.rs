@@ -250,6 +250,19 @@ fn flatten(params: &Value) -> String {
     pairs.finish()
 }
 
+/// A DescribeTargets POST with the given Authorization and body, as sent.
+async fn post(host: &str, authorization: &str, body: Vec<u8>, timestamp: i64) -> Value {
+    let request = reqwest::Client::new()
+        .post(format!("http://{host}/"))
+        .header("Content-Type", "application/json")
+        .header("Authorization", authorization)
+        .header("X-TC-Action", "DescribeTargets")
+        .header("X-TC-Version", "2018-03-17")
+        .header("X-TC-Timestamp", timestamp.to_string())
+        .body(body);
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 fn code(answer: &Value) -> Option<&str> {
     answer["Response"]["Error"]["Code"].as_str()
 }
@@ -298,37 +311,11 @@ async fn the_signature_matrix() {
     let body = serde_json::to_vec(&params).unwrap();
     let input = Tc3Input::json_post(&host, "clb", &body, now);
     let authorization = tc3::sign(KEY, &input).authorization("AKIDcloud");
-    let tampered = String::from_utf8(body).unwrap().replace("lbl-http", "lbl-evil");
-    let answer: Value = reqwest::Client::new()
-        .post(format!("http://{host}/"))
-        .header("Content-Type", "application/json")
-        .header("Authorization", authorization.clone())
-        .header("X-TC-Action", "DescribeTargets")
-        .header("X-TC-Version", "2018-03-17")
-        .header("X-TC-Timestamp", now.to_string())
-        .body(tampered)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tampered = String::from_utf8(body.clone()).unwrap().replace("lbl-http", "lbl-evil");
+    let answer = post(&host, &authorization, tampered.into_bytes(), now).await;
     assert_eq!(code(&answer), Some("AuthFailure.SignatureFailure"));
     let unknown = authorization.replace("AKIDcloud", "AKIDnobody");
-    let answer: Value = reqwest::Client::new()
-        .post(format!("http://{host}/"))
-        .header("Content-Type", "application/json")
-        .header("Authorization", unknown)
-        .header("X-TC-Action", "DescribeTargets")
-        .header("X-TC-Version", "2018-03-17")
-        .header("X-TC-Timestamp", now.to_string())
-        .body(serde_json::to_vec(&params).unwrap())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = post(&host, &unknown, body, now).await;
     assert_eq!(code(&answer), Some("AuthFailure.SecretIdNotFound"));
 }
 

@@ -122,28 +122,9 @@ impl V3Cloud {
     async fn per_listener(&self, lb: &str, targets: &[Target], weight: Option<u32>) -> Vec<Batch> {
         let action = if weight.is_some() { Action::RegisterTargets } else { Action::DeregisterTargets };
         let mut out = Vec::new();
-        for ((listener_id, location_id), group) in by_rule(targets) {
+        for (rule, group) in by_rule(targets) {
             for chunk in group.chunks(v3::MAX_TARGETS) {
-                let request = TargetsRequest {
-                    load_balancer_id: lb.to_owned(),
-                    listener_id: listener_id.clone(),
-                    targets: chunk
-                        .iter()
-                        .filter_map(|t| {
-                            let port = t.at.as_ref()?.port;
-                            Some(v3::Target {
-                                port,
-                                instance_id: Some(t.instance.clone()),
-                                eni_ip: None,
-                                weight,
-                            })
-                        })
-                        .collect(),
-                    location_id: location_id.clone(),
-                    domain: None,
-                    url: None,
-                    weight: None,
-                };
+                let request = targets_request(lb, &rule, chunk, weight, None);
                 out.extend(self.write(lb, action, &request, chunk, weight.is_some()).await);
             }
         }
@@ -227,20 +208,8 @@ impl V3Cloud {
         let mut out = Vec::new();
         for t in targets {
             let Some(at) = &t.at else { continue };
-            let request = TargetsRequest {
-                load_balancer_id: lb.to_owned(),
-                listener_id: at.listener_id.clone(),
-                targets: vec![v3::Target {
-                    port: at.port,
-                    instance_id: Some(t.instance.clone()),
-                    eni_ip: None,
-                    weight: None,
-                }],
-                location_id: at.location_id.clone(),
-                domain: None,
-                url: None,
-                weight: None,
-            };
+            let rule = (at.listener_id.clone(), at.location_id.clone());
+            let request = targets_request(lb, &rule, std::slice::from_ref(t), None, None);
             let result = self.client.call::<Empty>(Action::DeregisterTargets, &request).await;
             out.push(Batch {
                 targets: vec![t.clone()],
@@ -278,6 +247,30 @@ impl V3Cloud {
 /// Whether the API refused a batch call as such (not its content): then the per-listener calls are used.
 fn is_unsupported(e: &V3CallError) -> bool {
     matches!(e, V3CallError::Api { error, .. } if error.code.starts_with("UnsupportedOperation") || error.code == "InvalidAction")
+}
+
+/// A RegisterTargets / DeregisterTargets / ModifyTargetWeight request for `targets` of one listener (and rule):
+/// `each` is every target's own weight, `all` the request's.
+fn targets_request(
+    lb: &str,
+    (listener_id, location_id): &(String, Option<String>),
+    targets: &[Target],
+    each: Option<u32>,
+    all: Option<u32>,
+) -> TargetsRequest {
+    let target = |t: &Target| {
+        let port = t.at.as_ref()?.port;
+        Some(v3::Target { port, instance_id: Some(t.instance.clone()), eni_ip: None, weight: each })
+    };
+    TargetsRequest {
+        load_balancer_id: lb.to_owned(),
+        listener_id: listener_id.clone(),
+        targets: targets.iter().filter_map(target).collect(),
+        location_id: location_id.clone(),
+        domain: None,
+        url: None,
+        weight: all,
+    }
 }
 
 /// Listener targets grouped by (listener, rule), for the calls that take one listener or rule at a time.
@@ -407,27 +400,9 @@ impl Cloud for V3Cloud {
                 let message = "classic CLBs have no weight call under CLB API 3.0".to_owned();
                 out.push(Batch { targets: classic, result: Err(CloudError::Unsupported(message)) });
             }
-            for ((listener_id, location_id), group) in by_rule(&listed) {
+            for (rule, group) in by_rule(&listed) {
                 for chunk in group.chunks(v3::MAX_TARGETS) {
-                    let request = TargetsRequest {
-                        load_balancer_id: lb.to_owned(),
-                        listener_id: listener_id.clone(),
-                        targets: chunk
-                            .iter()
-                            .filter_map(|t| {
-                                Some(v3::Target {
-                                    port: t.at.as_ref()?.port,
-                                    instance_id: Some(t.instance.clone()),
-                                    eni_ip: None,
-                                    weight: None,
-                                })
-                            })
-                            .collect(),
-                        location_id: location_id.clone(),
-                        domain: None,
-                        url: None,
-                        weight: Some(weight.min(100)),
-                    };
+                    let request = targets_request(lb, &rule, chunk, None, Some(weight.min(100)));
                     let result = self.client.call::<Empty>(Action::ModifyTargetWeight, &request).await;
                     let result = result.map(|(id, _)| Submitted::Task(id)).map_err(Into::into);
                     out.push(Batch { targets: chunk.to_vec(), result });

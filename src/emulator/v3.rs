@@ -373,6 +373,19 @@ impl V3Store {
         })
     }
 
+    /// The listener a per-listener write names, once it is known to exist and the call holds 1..=`max_targets`
+    /// targets.
+    fn checked(&self, req: &TargetsRequest, max_targets: usize) -> Result<SeedListener, V3Error> {
+        let listener = self.listener(&req.load_balancer_id, &req.listener_id)?.clone();
+        if req.targets.is_empty() || req.targets.len() > max_targets {
+            return Err(error(
+                "InvalidParameterValue.Length",
+                format!("1 to {max_targets} targets per call"),
+            ));
+        }
+        Ok(listener)
+    }
+
     /// Executes `action` with its JSON `body`; a write becomes a task of `request_id` due at `due_ms`.
     pub(crate) fn execute(
         &mut self,
@@ -546,13 +559,7 @@ impl V3Store {
         due_ms: u64,
         max_targets: usize,
     ) -> Result<Value, V3Error> {
-        let listener = self.listener(&req.load_balancer_id, &req.listener_id)?.clone();
-        if req.targets.is_empty() || req.targets.len() > max_targets {
-            return Err(error(
-                "InvalidParameterValue.Length",
-                format!("1 to {max_targets} targets per call"),
-            ));
-        }
+        let listener = self.checked(req, max_targets)?;
         let location = match &req.location_id {
             Some(loc) if listener.rules.iter().any(|r| &r.location_id == loc) => Some(loc.clone()),
             Some(_) => {
@@ -683,13 +690,7 @@ impl V3Store {
         due_ms: u64,
         max_targets: usize,
     ) -> Result<Value, V3Error> {
-        let listener = self.listener(&req.load_balancer_id, &req.listener_id)?.clone();
-        if req.targets.is_empty() || req.targets.len() > max_targets {
-            return Err(error(
-                "InvalidParameterValue.Length",
-                format!("1 to {max_targets} targets per call"),
-            ));
-        }
+        let listener = self.checked(req, max_targets)?;
         let rule = match (&req.location_id, &req.domain, &req.url) {
             (Some(loc), _, _) => Some(listener.rules.iter().find(|r| &r.location_id == loc)),
             (None, Some(d), Some(u)) => Some(listener.rules.iter().find(|r| &r.domain == d && &r.url == u)),
