@@ -305,6 +305,8 @@ impl Draft {
     /// Writes the status as it stands. If the write fails, the status is kept in the binding's memory: it holds
     /// requestIds, and the next reconcile starts from it (polls them, plans nothing twice) and writes it again.
     async fn persist(&mut self, ctx: &Context, binding: &ClbBackendBinding) -> Result<()> {
+        // Written before the reconcile's summary: make sure it never claims Ready with a task in flight.
+        status::note_in_flight(&mut self.status, binding.meta().generation, jiff::Timestamp::now());
         if let Err(e) = act::write_status(ctx, binding, &self.status).await {
             ctx.memory.unwritten(&ObjectRef::from_obj(binding), &self.status);
             return Err(e);
@@ -316,6 +318,7 @@ impl Draft {
     /// Writes an intent before its submission. If that fails nothing was sent, so nothing new is kept (a status
     /// waiting to be written stays as it was).
     async fn persist_intent(&mut self, ctx: &Context, binding: &ClbBackendBinding) -> Result<()> {
+        status::note_in_flight(&mut self.status, binding.meta().generation, jiff::Timestamp::now());
         act::write_status(ctx, binding, &self.status).await?;
         self.written = self.status.clone();
         Ok(())

@@ -459,6 +459,36 @@ pub fn summarize(
     }
 }
 
+/// Brings the counters and conditions in line with the tasks in flight, for a status written in the middle of a
+/// reconcile (right after a submission, before the summary): a status that records a running task never says
+/// Ready, even if the process dies before its summary is written. The full summary ([`summarize`]) comes later.
+pub fn note_in_flight(status: &mut ClbBackendBindingStatus, generation: Option<i64>, now: Timestamp) {
+    let in_flight = status.tasks.iter().filter(|t| t.state == TaskState::Running).count();
+    status.in_flight = in_flight as i32;
+    status.registered = status.backends.iter().filter(|b| b.state == BackendState::Registered).count() as i32;
+    if in_flight == 0 && status.intents.is_empty() {
+        return;
+    }
+    let message = match status.intents.len() {
+        0 => format!("{in_flight} task(s) in flight"),
+        n => format!("{in_flight} task(s) in flight, {n} submission(s) being made"),
+    };
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+    // A problem shown as Ready's reason stays; only a Ready that claims to be in sync is corrected.
+    if ready.is_none_or(|c| c.status == "True") {
+        set_condition(
+            &mut status.conditions,
+            "Ready",
+            false,
+            reasons::SYNCING,
+            message.clone(),
+            generation,
+            now,
+        );
+    }
+    set_condition(&mut status.conditions, "Progressing", true, reasons::SYNCING, message, generation, now);
+}
+
 fn set_condition(
     conditions: &mut Vec<Condition>,
     type_: &str,
@@ -598,6 +628,19 @@ mod tests {
             (s.backends[0].state, s.backends[0].quiesced_until.clone()),
             (BackendState::Registered, None)
         );
+    }
+
+    /// A status written right after a submission does not keep an earlier Ready=True: the task is in flight.
+    #[test]
+    fn a_status_with_a_running_task_is_not_ready() {
+        let desired: BTreeSet<Target> = [Target::classic("ins-a")].into();
+        let mut s = ClbBackendBindingStatus { backends: vec![registered("ins-a")], ..Default::default() };
+        summarize(&mut s, Some(1), &desired, false, None, t(10));
+        assert_eq!(condition(&s, "Ready").status, "True");
+        register_submitted(&mut s, "r1", &[join("ins-b", "node-b")], t(11));
+        note_in_flight(&mut s, Some(1), t(11));
+        assert_eq!((condition(&s, "Ready").status.as_str(), s.in_flight), ("False", 1));
+        assert_eq!(condition(&s, "Progressing").status, "True");
     }
 
     /// A status written with integer task ids (before API 3.0) is read, and written back as strings.
