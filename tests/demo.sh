@@ -105,7 +105,7 @@ for lb, targets in s.get("targets", {}).items():
     for t in targets:
         print("  %s %s %s:%s weight %s" % (lb, t["listenerId"], t["instanceId"], t["port"], t["weight"]))
 for c in s["calls"]:
-    if "Register" in c["action"]:
+    if "egister" in c["action"]:
         print("  call %s %s -> %s" % (c["action"], ",".join(c["instanceIds"]), c.get("error") or "ok"))'
 
 cat <<EOF
