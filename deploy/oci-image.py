@@ -5,6 +5,9 @@ manifest.json beside it, all in one tarball that `docker load`, `ctr images impo
 
 usage: oci-image.py ROOTFS NAME:TAG OUT.tar
 
+OCI_ENTRYPOINT, OCI_CMD (JSON lists) and OCI_USER override the operator's entrypoint, command and user, so that
+the test node's pause image (tests/testenv/node/pause.c) is assembled the same way.
+
 Deterministic: files sorted, owned by root (except /home/nonroot), mtime 0, gzip without a timestamp, so the
 same inputs give the same digests.
 """
@@ -57,15 +60,15 @@ config = {
     "architecture": "amd64",
     "os": "linux",
     "config": {
-        "User": "65532:65532",
-        "Entrypoint": ["/clb-operator"],
-        "Cmd": ["run"],
+        "User": os.environ.get("OCI_USER", "65532:65532"),
+        "Entrypoint": json.loads(os.environ.get("OCI_ENTRYPOINT", '["/clb-operator"]')),
+        "Cmd": json.loads(os.environ.get("OCI_CMD", '["run"]')),
         "Env": ["PATH=/", "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"],
         "WorkingDir": "/",
         "Labels": {"org.opencontainers.image.title": name, "org.opencontainers.image.version": tag},
     },
     "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-    "history": [{"created_by": "deploy/image.sh", "comment": "clb-operator, its C libraries, CA certificates"}],
+    "history": [{"created_by": os.environ.get("OCI_CREATED_BY", "deploy/image.sh")}],
 }
 config_digest, config_bytes = blob(json.dumps(config, sort_keys=True, separators=(",", ":")).encode())
 manifest = {

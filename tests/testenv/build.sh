@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Builds the control-plane binaries the tests and the demo run (kube-apiserver, kubectl, etcd, kwok, and on
-# request kube-controller-manager, kube-scheduler and helm) from the Go module proxy, using the wrapper modules
+# request kube-controller-manager, kube-scheduler, helm and the real node's kubelet and pause image) from the Go
+# module proxy, using the wrapper modules
 # beside this script. Each binary is cached under $TESTENV_CACHE/bin/<component>-<version>/ and rebuilt only
 # when missing, so a warm machine pays nothing.
 #
-# usage: build.sh [core|kcm|helm|all]...    (default: core = kube-apiserver kubectl etcd kwok)
+# usage: build.sh [core|kcm|helm|node|kube-score|all]...    (default: core = kube-apiserver kubectl etcd kwok)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -81,13 +82,38 @@ build_helm() {
     "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
 }
 
+# kube-score, which tests/chart.rs runs on the rendered chart.
+build_kube_score() {
+  build_one kube-score kube-score "$KUBE_SCORE_BIN" github.com/zegl/kube-score/cmd/kube-score \
+    "-s -w -X main.version=$KUBE_SCORE_VERSION"
+}
+
+# The real node (testenv.sh up --with-node): the kubelet of the API server's version, and the pod sandbox image
+# containerd is told to use, compiled from node/pause.c because no registry can be pulled from here.
+build_node() {
+  build_one kubelet k8s "$K8S_BIN" k8s.io/kubernetes/cmd/kubelet "$(k8s_ldflags)"
+  [ -s "$PAUSE_IMAGE" ] && return 0
+  command -v gcc >/dev/null || die "gcc is needed for the pause image (apt-get install gcc libc6-dev)"
+  local root
+  root=$(mktemp -d)
+  mkdir -p "$(dirname "$PAUSE_IMAGE")"
+  gcc -static -Os -s -o "$root/pause" "$here/node/pause.c" || die "compiling node/pause.c failed"
+  OCI_ENTRYPOINT='["/pause"]' OCI_CMD='[]' OCI_USER=65535:65535 OCI_CREATED_BY=tests/testenv/build.sh \
+    python3 "$_testenv_repo/deploy/oci-image.py" "$root" "$PAUSE_REF" "$PAUSE_IMAGE.tmp" >/dev/null ||
+    die "assembling the pause image failed"
+  rm -rf "$root"
+  mv "$PAUSE_IMAGE.tmp" "$PAUSE_IMAGE"
+}
+
 [ $# -gt 0 ] || set -- core
 for what in "$@"; do
   case "$what" in
   core) build_core ;;
   kcm) build_kcm ;;
   helm) build_helm ;;
-  all) build_core && build_kcm && build_helm ;;
-  *) die "unknown target '$what' (expected core, kcm, helm or all)" ;;
+  node) build_node ;;
+  kube-score) build_kube_score ;;
+  all) build_core && build_kcm && build_helm && build_node && build_kube_score ;;
+  *) die "unknown target '$what' (expected core, kcm, helm, node, kube-score or all)" ;;
   esac
 done

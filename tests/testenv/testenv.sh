@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # A real Kubernetes control plane on loopback for the tests and the demo: etcd (tmpfs, no fsync) and
-# kube-apiserver (RBAC on), optionally kwok (fake nodes and pods) and kube-controller-manager + kube-scheduler.
+# kube-apiserver (RBAC on), optionally kwok (fake nodes and pods), kube-controller-manager + kube-scheduler, and a
+# real node (containerd, runc, CNI, kubelet: node.sh) where pods really run.
 #
-# usage: testenv.sh up [--with-kwok] [--with-kcm]   start (or reuse) it; prints `export KUBECONFIG=...`
+# usage: testenv.sh up [--with-kwok] [--with-kcm] [--with-node]
+#                                                   start (or reuse) it; prints `export KUBECONFIG=...`;
+#                                                   --with-node implies --with-kcm and needs root
 #        testenv.sh down                            stop exactly the processes `up` started
 #        testenv.sh status                          say what runs
 #        testenv.sh stop-apiserver                  stop kube-apiserver alone (etcd and the rest keep running)
@@ -21,6 +24,9 @@ TESTENV_DIR=$(cd "$TESTENV_DIR" && pwd)
 PKI=$TESTENV_DIR/pki
 LOGS=$TESTENV_DIR/logs
 KUBECONFIG_FILE=$TESTENV_DIR/kubeconfig
+# Present when this control plane serves a real node: the API server then runs the ServiceAccount admission
+# plugin (pods get their token) and the garbage collector (a deleted Deployment takes its pods along).
+NODE_MODE=$TESTENV_DIR/node.mode
 
 log() { printf 'testenv: %s\n' "$*" >&2; }
 die() {
@@ -52,6 +58,9 @@ stop_process() {
   fi
   rm -f "$TESTENV_DIR/$name.pid"
 }
+
+# shellcheck source=node.sh
+. "$here/node.sh"
 
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1]);s.close()'; }
 
@@ -162,7 +171,10 @@ start_apiserver() {
   fi
   echo "$port" >"$TESTENV_DIR/api.port"
   # ServiceAccount admission and the GC finalizers need kube-controller-manager; they are off so that pods can be
-  # created and objects deleted with or without it. Priority and fairness is off so test bursts are not throttled.
+  # created and objects deleted with or without it, unless a real node is wanted. Priority and fairness is off so
+  # test bursts are not throttled.
+  local cluster_flags=(--disable-admission-plugins=ServiceAccount --enable-garbage-collector=false)
+  [ -f "$NODE_MODE" ] && cluster_flags=()
   "$K8S_BIN/kube-apiserver" \
     --etcd-servers="http://127.0.0.1:$(cat "$TESTENV_DIR/etcd.port")" \
     --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$port" \
@@ -172,8 +184,7 @@ start_apiserver() {
     --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
     --service-cluster-ip-range=10.0.0.0/24 --authorization-mode=RBAC --allow-privileged=true \
     --enable-priority-and-fairness=false --profiling=false \
-    --disable-admission-plugins=ServiceAccount --enable-garbage-collector=false \
-    >"$LOGS/apiserver.log" 2>&1 &
+    "${cluster_flags[@]}" >"$LOGS/apiserver.log" 2>&1 &
   echo $! >"$TESTENV_DIR/apiserver.pid"
   write_kubeconfig "$port"
   wait_for 120 kube-apiserver "$LOGS/apiserver.log" apiserver api_ready
@@ -211,36 +222,45 @@ start_kcm() {
 }
 
 up() {
-  local with_kwok=0 with_kcm=0 arg
+  local with_kwok=0 with_kcm=0 with_node=0 arg
   for arg in "$@"; do
     case "$arg" in
     --with-kwok) with_kwok=1 ;;
     --with-kcm) with_kcm=1 ;;
-    *) die "unknown option '$arg' (expected --with-kwok or --with-kcm)" ;;
+    --with-node) with_node=1 with_kcm=1 ;;
+    *) die "unknown option '$arg' (expected --with-kwok, --with-kcm or --with-node)" ;;
     esac
   done
   command -v openssl >/dev/null || die "openssl is needed (apt-get install openssl)"
   command -v curl >/dev/null || die "curl is needed (apt-get install curl)"
   local targets=(core)
   [ $with_kcm = 1 ] && targets+=(kcm)
+  [ $with_node = 1 ] && targets+=(node) && node_preflight_tools
   "$here/build.sh" "${targets[@]}"
   mkdir -p "$LOGS"
   local start=$SECONDS
   if pid_alive apiserver && ! pid_alive etcd; then die "kube-apiserver runs without its etcd; run '$0 down' first"; fi
+  if [ $with_node = 1 ] && pid_alive apiserver && [ ! -f "$NODE_MODE" ]; then
+    die "this control plane was started without --with-node; run '$0 down' first"
+  fi
+  [ $with_node = 1 ] && touch "$NODE_MODE"
   make_pki
   start_etcd
   start_apiserver
   [ $with_kwok = 1 ] && start_kwok
   [ $with_kcm = 1 ] && start_kcm
+  [ $with_node = 1 ] && start_node
   log "ready in $((SECONDS - start)) s (logs: $LOGS)"
   echo "export KUBECONFIG=$KUBECONFIG_FILE"
 }
 
 down() {
   local c
+  stop_node
   for c in scheduler kcm kwok apiserver etcd; do
     stop_process "$c"
   done
+  rm -f "$NODE_MODE"
   if [ -f "$TESTENV_DIR/etcd.data" ]; then
     rm -rf "$(cat "$TESTENV_DIR/etcd.data")"
     rm -f "$TESTENV_DIR/etcd.data"
@@ -250,7 +270,7 @@ down() {
 
 status() {
   local c
-  for c in etcd apiserver kwok kcm scheduler; do
+  for c in etcd apiserver kwok kcm scheduler containerd kubelet; do
     if pid_alive $c; then echo "$c: running (pid $(cat "$TESTENV_DIR/$c.pid"))"; else echo "$c: stopped"; fi
   done
   [ -f "$KUBECONFIG_FILE" ] && echo "kubeconfig: $KUBECONFIG_FILE"
@@ -279,5 +299,5 @@ down) down ;;
 status) status ;;
 stop-apiserver) stop_apiserver_alone ;;
 start-apiserver) start_apiserver_again ;;
-*) die "usage: $0 up [--with-kwok] [--with-kcm] | down | status | stop-apiserver | start-apiserver" ;;
+*) die "usage: $0 up [--with-kwok] [--with-kcm] [--with-node] | down | status | stop-apiserver | start-apiserver" ;;
 esac
