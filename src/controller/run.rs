@@ -34,8 +34,8 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on --http-addr {}", config.http_addr))?;
     tokio::spawn(http::serve(listener, ready.clone(), metrics.clone()));
 
-    // Held for the life of the controller; losing the lease ends the process.
-    let _lease = match &config.leader {
+    // Held for the life of the controller (losing the lease ends the process), released when it has stopped.
+    let lease = match &config.leader {
         Some(settings) => {
             ready.set_standby();
             let guard = leader::lead(client.clone(), settings).await?;
@@ -97,6 +97,9 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
         })
         .await;
     info!("Controller stopped");
+    if let Some(lease) = lease {
+        lease.release().await;
+    }
     Ok(())
 }
 
