@@ -19,39 +19,6 @@ const CHART: &str = "charts/clb-operator";
 const RELEASE: &str = "clb-operator";
 const SA: &str = "clb-operator";
 
-/// A binary of the test environment (`K8S_BIN`, `HELM_BIN` in tests/testenv/versions.sh).
-fn testenv_bin(dir_var: &str, name: &str) -> PathBuf {
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(". \"$1/tests/testenv/versions.sh\" && printf %s \"${!2}/$3\"")
-        .args(["versions", &common::repo().to_string_lossy(), dir_var, name])
-        .output()
-        .expect("bash reads tests/testenv/versions.sh");
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// The pinned helm, built by `tests/testenv/build.sh helm` on first use if the cache lacks it.
-fn helm_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let bin = testenv_bin("HELM_BIN", "helm");
-        if !bin.is_file() {
-            let out = Command::new("bash")
-                .arg(common::repo().join("tests/testenv/build.sh"))
-                .arg("helm")
-                .output()
-                .expect("run tests/testenv/build.sh");
-            assert!(
-                out.status.success() && bin.is_file(),
-                "no helm at {} and `bash tests/testenv/build.sh helm` failed:\n{}",
-                bin.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        bin
-    })
-}
-
 fn output(bin: &Path, args: &[&str]) -> Output {
     Command::new(bin)
         .args(args)
@@ -62,7 +29,7 @@ fn output(bin: &Path, args: &[&str]) -> Output {
 
 /// Runs helm in the repository root (no cluster); stdout, or stderr as the error.
 fn helm(args: &[&str]) -> Result<String, String> {
-    let out = output(helm_bin(), args);
+    let out = output(common::helm_bin(), args);
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -132,6 +99,11 @@ priorityClassName: system-cluster-critical
 extraEnv: [{name: HTTPS_PROXY, value: "http://proxy:3128"}]
 podDisruptionBudget: {enabled: true, maxUnavailable: 1}
 serviceMonitor: {enabled: true, interval: 15s, scrapeTimeout: 5s, labels: {release: prometheus}}
+networkPolicy:
+  enabled: true
+  metricsFrom: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}}]
+  apiServer: {cidrs: [172.16.0.10/32, 172.16.0.11/32], port: 6443}
+  clb: {cidrs: [10.200.0.0/16], port: 8080}
 "#;
 
 fn non_default_values() -> tempfile::NamedTempFile {
@@ -297,6 +269,88 @@ fn non_default_values_render_as_asked() {
     }
 }
 
+/// The optional NetworkPolicy: ingress to the metrics port only (from the given peers), egress to the API
+/// server's addresses and port, DNS and the CLB endpoint only; it cannot be enabled without the addresses.
+#[test]
+fn the_network_policy_allows_only_what_the_operator_needs() {
+    let values = non_default_values();
+    let docs = render(&["-f", &values.path().to_string_lossy()]);
+    let np = &find(&docs, "NetworkPolicy", "clb-operator")["spec"];
+    assert_eq!(np["podSelector"]["matchLabels"]["app.kubernetes.io/name"], "clb-operator");
+    assert_eq!(strings(&np["policyTypes"]), ["Ingress", "Egress"]);
+    let ingress = np["ingress"].as_array().unwrap();
+    assert_eq!(ingress.len(), 1);
+    assert_eq!(ingress[0]["ports"], serde_json::json!([{"port": "http", "protocol": "TCP"}]));
+    assert_eq!(
+        ingress[0]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "monitoring"
+    );
+    let egress = np["egress"].as_array().unwrap();
+    let cidrs = |rule: &Value| -> Vec<String> {
+        rule["to"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["ipBlock"]["cidr"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(egress.len(), 3, "API server, DNS, CLB: {egress:?}");
+    assert_eq!(cidrs(&egress[0]), ["172.16.0.10/32", "172.16.0.11/32"]);
+    assert_eq!(egress[0]["ports"][0]["port"], 6443);
+    assert_eq!(egress[1]["to"][0]["podSelector"]["matchLabels"]["k8s-app"], "kube-dns");
+    let dns_ports: Vec<(i64, &str)> = (egress[1]["ports"].as_array().unwrap().iter())
+        .map(|p| (p["port"].as_i64().unwrap(), p["protocol"].as_str().unwrap()))
+        .collect();
+    assert_eq!(dns_ports, [(53, "UDP"), (53, "TCP")]);
+    assert_eq!(cidrs(&egress[2]), ["10.200.0.0/16"]);
+    assert_eq!(egress[2]["ports"][0]["port"], 8080);
+    assert!(!kinds(&render(&[])).contains(&"NetworkPolicy".to_owned()), "off by default");
+
+    let err = helm(&["template", RELEASE, CHART, "--set", "networkPolicy.enabled=true"]).unwrap_err();
+    assert!(err.contains("networkPolicy.apiServer.cidrs is required"), "{err}");
+    let err =
+        helm(&["template", RELEASE, CHART, "--set", "networkPolicy.apiServer.cidrs={10.0.0.1}"]).unwrap_err();
+    assert!(err.contains("at '/networkPolicy/apiServer/cidrs/0'"), "{err}");
+}
+
+/// kube-score (tests/testenv/build.sh kube-score) passes the rendered chart, default and non-default values; the
+/// checks it would fail by default are ignored on the Deployment only where values.yaml gives the reason.
+#[test]
+fn kube_score_passes_the_rendered_chart() {
+    let bin = common::testenv_bin("KUBE_SCORE_BIN", "kube-score");
+    if !bin.is_file() {
+        let out = Command::new("bash")
+            .arg(common::repo().join("tests/testenv/build.sh"))
+            .arg("kube-score")
+            .output();
+        assert!(out.is_ok_and(|o| o.status.success()) && bin.is_file(), "build.sh kube-score failed");
+    }
+    let values = non_default_values();
+    let path = values.path().to_string_lossy().into_owned();
+    for (what, extra) in [("default values", vec![]), ("non-default values", vec!["-f", path.as_str()])] {
+        let mut args = vec!["template", RELEASE, CHART, "--namespace", "clb-operator"];
+        args.extend(extra.iter().copied());
+        let rendered = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+        std::fs::write(rendered.path(), helm(&args).unwrap()).unwrap();
+        let out = output(&bin, &["score", "--output-format", "ci", &rendered.path().to_string_lossy()]);
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "kube-score fails the chart with {what}:\n{report}");
+        assert!(
+            report.contains("[OK] clb-operator/clb-operator apps/v1/Deployment"),
+            "kube-score scored the Deployment:\n{report}"
+        );
+        println!("kube-score, {what}:\n{report}");
+    }
+    let d = find(&render(&[]), "Deployment", "clb-operator").clone();
+    assert_eq!(
+        d["metadata"]["annotations"]["kube-score/ignore"],
+        "pod-networkpolicy,container-image-pull-policy"
+    );
+    let values = non_default_values();
+    let d = find(&render(&["-f", &values.path().to_string_lossy()]), "Deployment", "clb-operator").clone();
+    assert!(d["metadata"]["annotations"].is_null(), "nothing ignored with a NetworkPolicy and Always");
+}
+
 /// Bad values are refused before anything is rendered, each with the schema's message naming the key.
 #[test]
 fn bad_values_are_refused_with_a_clear_message() {
@@ -351,8 +405,11 @@ fn chart_crds_equal_the_repos_crds() {
 #[test]
 fn deploy_manifests_equal_the_rendered_chart() {
     let repo = common::repo();
-    let out =
-        Command::new("bash").arg(repo.join("deploy/render.sh")).env("HELM", helm_bin()).output().unwrap();
+    let out = Command::new("bash")
+        .arg(repo.join("deploy/render.sh"))
+        .env("HELM", common::helm_bin())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "deploy/render.sh failed:\n{}", String::from_utf8_lossy(&out.stderr));
     let rendered = String::from_utf8(out.stdout).unwrap();
     let committed = std::fs::read_to_string(repo.join("deploy/clb-operator.yaml")).unwrap();
@@ -449,7 +506,7 @@ const VERBS: [&str; 8] = ["get", "list", "watch", "create", "update", "patch", "
 /// `kubectl auth can-i VERB RESOURCE ... --as` the operator's ServiceAccount.
 fn can_i(ns: &str, verb: &str, resource: &str, scope: &[&str]) -> bool {
     static KUBECTL: OnceLock<PathBuf> = OnceLock::new();
-    let kubectl = KUBECTL.get_or_init(|| testenv_bin("K8S_BIN", "kubectl"));
+    let kubectl = KUBECTL.get_or_init(|| common::testenv_bin("K8S_BIN", "kubectl"));
     let kubeconfig = common::plane().kubeconfig.to_string_lossy().into_owned();
     let user = format!("system:serviceaccount:{ns}:{SA}");
     let mut args = vec!["--kubeconfig", &kubeconfig, "auth", "can-i", verb, resource, "--as", &user];

@@ -5,12 +5,10 @@
 mod common;
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
-
-use serde_json::Value;
 
 /// A private containerd (its own root, state and socket under a temp dir), stopped when dropped.
 struct Containerd {
@@ -86,19 +84,10 @@ fn get(addr: &str, path: &str) -> Option<String> {
     answer.starts_with("HTTP/1.").then_some(answer)
 }
 
-fn build_image(repo: &Path) -> Value {
-    let out = Command::new("bash").arg(repo.join("deploy/image.sh")).current_dir(repo).output().unwrap();
-    assert!(out.status.success(), "deploy/image.sh failed: {}", String::from_utf8_lossy(&out.stderr));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .expect("image.sh reports the image as JSON")
-}
-
 /// The image builds, is imported by containerd, and runs the operator as 65532 on a read-only root filesystem.
 #[test]
 fn the_image_runs_as_nonroot_on_a_read_only_root() {
-    let repo = common::repo();
-    let image = build_image(&repo);
+    let image = common::build_image();
     let tarball = image["tarball"].as_str().unwrap().to_owned();
     println!(
         "image {}: {} bytes compressed, {} bytes uncompressed ({})",

@@ -153,7 +153,11 @@ pub struct TestNs {
 impl TestNs {
     /// Creates a namespace named after the test, unique per run.
     pub async fn new(test: &str) -> Self {
-        let plane = plane().clone();
+        Self::on(plane().clone(), test).await
+    }
+
+    /// [`TestNs::new`] on another control plane than the shared one, whose CRDs the caller installed.
+    pub async fn on(plane: Plane, test: &str) -> Self {
         let client = client_for(&plane.kubeconfig).await;
         let suffix: u32 = rand::random::<u32>() % 1_000_000;
         let ns = format!("{}-{suffix}", test.replace('_', "-")).chars().take(63).collect::<String>();
@@ -254,14 +258,7 @@ where
 
 /// The control plane's kubectl binary (from `tests/testenv/versions.sh`).
 pub fn kubectl_bin() -> String {
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(". \"$1/tests/testenv/versions.sh\" && printf %s \"$K8S_BIN/kubectl\"")
-        .arg("versions")
-        .arg(repo())
-        .output()
-        .expect("reading tests/testenv/versions.sh");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    testenv_bin("K8S_BIN", "kubectl").to_string_lossy().into_owned()
 }
 
 /// Runs the control plane's kubectl against the test control plane; returns stdout, or stderr as the error.
@@ -292,4 +289,48 @@ pub async fn kubectl(args: &[&str]) -> String {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     panic!("{last}");
+}
+
+/// Builds the operator's image with `deploy/image.sh`; what it reports (image, tarball, sizes) as JSON.
+pub fn build_image() -> serde_json::Value {
+    let repo = repo();
+    let out = Command::new("bash").arg(repo.join("deploy/image.sh")).current_dir(&repo).output().unwrap();
+    assert!(out.status.success(), "deploy/image.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .expect("image.sh reports the image as JSON")
+}
+
+/// A binary of the test environment: `$<dir_var>/<name>` as tests/testenv/versions.sh sets it (e.g. `K8S_BIN`,
+/// `HELM_BIN`).
+pub fn testenv_bin(dir_var: &str, name: &str) -> PathBuf {
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(". \"$1/tests/testenv/versions.sh\" && printf %s \"${!2}/$3\"")
+        .args(["versions", &repo().to_string_lossy(), dir_var, name])
+        .output()
+        .expect("bash reads tests/testenv/versions.sh");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The pinned helm, built by `tests/testenv/build.sh helm` on first use if the cache lacks it.
+pub fn helm_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let bin = testenv_bin("HELM_BIN", "helm");
+        if !bin.is_file() {
+            let out = Command::new("bash")
+                .arg(repo().join("tests/testenv/build.sh"))
+                .arg("helm")
+                .output()
+                .expect("run tests/testenv/build.sh");
+            assert!(
+                out.status.success() && bin.is_file(),
+                "no helm at {} and `bash tests/testenv/build.sh helm` failed:\n{}",
+                bin.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        bin
+    })
 }
