@@ -218,7 +218,8 @@ async fn api_server_rejects_invalid_bindings_with_readable_messages() {
     assert!(err.contains("loadBalancerId is immutable"), "{err}");
 }
 
-/// 45 nodes removed at once are deregistered in 3 calls; a resync of the unchanged binding writes nothing.
+/// 45 nodes removed at once are deregistered in 3 full calls, plus at most one for the first event (submitted
+/// at once, before the burst shows); a resync of the unchanged binding writes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mass_removal_is_batched_and_resync_is_free() {
     let (t, emu) = setup("batching").await;
@@ -257,11 +258,11 @@ async fn mass_removal_is_batched_and_resync_is_free() {
     .unwrap();
     wait_ready_with(&t, "web", &ids(&nodes[45..])).await;
     let calls = deregister_calls(&emu);
-    assert_eq!(
-        calls.len(),
-        3,
-        "45 instances in 3 calls, got {:?}",
-        calls.iter().map(Vec::len).collect::<Vec<_>>()
+    let sizes: Vec<usize> = calls.iter().map(Vec::len).collect();
+    let full = sizes.iter().filter(|n| **n == 20).count();
+    assert!(
+        (3..=4).contains(&calls.len()) && full >= 2,
+        "45 instances in 3 calls (+1 for the leading edge), got {sizes:?}"
     );
     assert_eq!(calls.iter().flatten().cloned().collect::<BTreeSet<_>>(), ids(&doomed));
 }

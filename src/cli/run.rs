@@ -49,9 +49,9 @@ pub struct RunArgs {
     /// How often an unchanged binding is looked at again.
     #[arg(long, default_value_t = human(DEFAULTS.resync))]
     pub resync: humantime::Duration,
-    /// Quiet time a binding waits after the last change to its nodes or pods before it submits, so that a mass
-    /// drain becomes a few full batches instead of many small calls (8 times this during a burst, 30 times at
-    /// most).
+    /// The unit of coalescing: an isolated change is submitted at once, but while many nodes change (a mass
+    /// drain) a binding waits until 8 times this has passed without a change (30 times at most), so the drain
+    /// becomes a few full batches instead of many small calls. 0s turns coalescing off.
     #[arg(long, default_value_t = human(DEFAULTS.settle.quiet))]
     pub settle: humantime::Duration,
     /// Hold a coordination.k8s.io Lease so that only one replica reconciles (for more than one replica).

@@ -29,14 +29,17 @@ impl SignalClock {
     }
 }
 
-/// The settle policy: an isolated change waits `quiet`; during a burst (several nodes changed lately, on this
-/// binding or cluster-wide) it waits `burst_factor` times that, because a mass drain reaches the API server over
-/// several hundred milliseconds and its first event looks isolated to the binding it lands on; and no binding
-/// holds back longer than `max_factor` quiet times in all, so a node that changes constantly cannot starve the
-/// others.
+/// The settle policy: an isolated change (the only recent one, on this binding and cluster-wide) is submitted at
+/// once, the leading edge, so a single node going away costs only the time its watch event takes; during a burst
+/// (several nodes changed lately, on this binding or cluster-wide) a binding waits until `burst_factor` quiet
+/// times have passed without a change, because a mass drain reaches the API server over several hundred
+/// milliseconds; and no binding holds back longer than `max_factor` quiet times in all, so a node that changes
+/// constantly cannot starve the others. The first event of a mass drain looks isolated and goes out alone: a
+/// drain costs one call more than the ideal, for the leading edge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settle {
-    /// Quiet time after the last change before an isolated change is submitted (`--settle`).
+    /// The unit of coalescing (`--settle`): a burst waits [`Self::burst_factor`] of these without a change, and
+    /// no binding holds back more than [`Self::max_factor`]. Zero turns coalescing off.
     pub quiet: Duration,
     /// Quiet times to wait during a burst. 8: the 200-node drain of the benchmark reaches the API server with
     /// gaps of over 100 ms between one binding's nodes on a busy 2-core control plane, and each gap taken for
@@ -77,8 +80,10 @@ impl Settle {
         let ages: Vec<Duration> =
             recent.iter().map(|t| now.duration_since(*t)).filter(|age| *age < cap).collect();
         let quiet_for = ages.iter().min().copied().unwrap_or(cap);
-        let burst = ages.len() > 1 || cluster_recent > 1;
-        let needed = if burst { self.burst_quiet() } else { self.quiet };
+        // "Lately" is the burst window, not the cap: isolated changes of one binding a second apart stay isolated.
+        let lately = ages.iter().filter(|age| **age < self.burst_quiet()).count();
+        let burst = lately > 1 || cluster_recent > 1;
+        let needed = if burst { self.burst_quiet() } else { Duration::ZERO };
         let held_for = since.map_or(Duration::ZERO, |s| now.duration_since(s));
         (quiet_for < needed && held_for < cap).then(|| needed - quiet_for)
     }
@@ -91,45 +96,64 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     /// Runs the policy the way a reconcile does, on paused time: `changes` are (node, ms after start) signals;
-    /// returns when (ms after start) the binding submits, re-checking whenever the policy says.
-    async fn submits_at(settle: Settle, changes: &[(&str, u64)], cluster_extra: usize) -> u64 {
+    /// returns when (ms after start) the binding submits, each time, re-checking whenever the policy says and
+    /// whenever a signal arrives (as its watch event would wake the binding).
+    async fn submissions(settle: Settle, changes: &[(&str, u64)], cluster_extra: usize) -> Vec<u64> {
         let start = Instant::now();
         let clock = SignalClock::default();
         let mut pending: Vec<(&str, u64)> = changes.to_vec();
         pending.sort_by_key(|(_, at)| *at);
-        let mut since = None;
+        let (mut since, mut unsent, mut out) = (None, false, Vec::new());
         loop {
             let now = Instant::now();
             let elapsed = now.duration_since(start).as_millis() as u64;
             while pending.first().is_some_and(|(_, at)| *at <= elapsed) {
                 clock.saw(pending.remove(0).0);
+                unsent = true;
             }
             let recent: Vec<Instant> = ["a", "b", "c"].iter().filter_map(|n| clock.last(n)).collect();
             let cluster = clock.nodes_changed_within(settle.burst_quiet(), now) + cluster_extra;
-            match settle.wait(now, &recent, cluster, since) {
-                None => return elapsed,
-                Some(wait) => {
+            let next_signal = pending.first().map(|(_, at)| Duration::from_millis(*at - elapsed));
+            let wait = match unsent {
+                true => settle.wait(now, &recent, cluster, since),
+                false => None,
+            };
+            match (unsent, wait) {
+                (true, None) => {
+                    out.push(elapsed);
+                    (since, unsent) = (None, false);
+                    continue;
+                }
+                (true, Some(wait)) => {
                     since.get_or_insert(now);
-                    // A new signal wakes the binding early, as its watch event would.
-                    let next_signal = pending.first().map(|(_, at)| Duration::from_millis(*at - elapsed));
                     tokio::time::advance(next_signal.map_or(wait, |s| s.min(wait))).await;
                 }
+                (false, _) => match next_signal {
+                    Some(next) => tokio::time::advance(next).await,
+                    None => return out,
+                },
             }
         }
     }
 
-    /// An isolated signal waits exactly one quiet period.
+    /// An isolated signal is submitted at once: no quiet period on the leading edge, whatever the unit.
     #[tokio::test(start_paused = true)]
-    async fn an_isolated_signal_waits_one_quiet_period() {
-        assert_eq!(submits_at(Settle::default(), &[("a", 0)], 0).await, 20);
+    async fn an_isolated_signal_is_submitted_at_once() {
+        assert_eq!(submissions(Settle::default(), &[("a", 0)], 0).await, [0]);
+        let slow = Settle { quiet: Duration::from_secs(1), ..Settle::default() };
+        assert_eq!(submissions(slow, &[("a", 0)], 0).await, [0]);
+        // Isolated signals of one binding, further apart than the burst window, each go at once.
+        assert_eq!(submissions(Settle::default(), &[("a", 0), ("b", 300)], 0).await, [0, 300]);
     }
 
-    /// Two nodes changing together (or others changing cluster-wide) are a burst: the binding waits 8 quiet
-    /// periods after the last change.
+    /// A burst: the first signal goes out alone (it looks isolated), what follows is held until 8 quiet periods
+    /// pass without a change and goes out together; a burst elsewhere in the cluster holds back a binding's
+    /// first signal too.
     #[tokio::test(start_paused = true)]
-    async fn a_burst_waits_longer() {
-        assert_eq!(submits_at(Settle::default(), &[("a", 0), ("b", 10)], 0).await, 170);
-        assert_eq!(submits_at(Settle::default(), &[("a", 0)], 2).await, 160, "cluster-wide burst");
+    async fn a_burst_is_coalesced_after_the_leading_edge() {
+        let burst = [("a", 0), ("b", 10), ("c", 50)];
+        assert_eq!(submissions(Settle::default(), &burst, 0).await, [0, 210]);
+        assert_eq!(submissions(Settle::default(), &[("a", 0)], 2).await, [160], "cluster-wide burst");
     }
 
     /// However long changes keep coming, no binding holds back longer than the cap (30 quiet periods), so a
@@ -139,8 +163,17 @@ mod tests {
         // Two nodes changing every 10 ms, for 2 s: never quiet.
         let storm: Vec<(&str, u64)> =
             (0..200).map(|i| (if i % 2 == 0 { "a" } else { "b" }, i * 10)).collect();
-        let at = submits_at(Settle::default(), &storm, 0).await;
-        assert!((600..=650).contains(&at), "submitted at {at} ms");
+        let at = submissions(Settle::default(), &storm, 0).await;
+        assert_eq!(at[0], 0, "the leading edge");
+        // While the storm lasts, each submission comes one cap after the last; after it, one burst window.
+        let gaps: Vec<u64> = at.windows(2).map(|w| w[1] - w[0]).collect();
+        let (last, storm_gaps) = gaps.split_last().unwrap();
+        assert!(storm_gaps.iter().all(|g| (600..=650).contains(g)), "held at most the cap: {at:?}");
+        assert_eq!(
+            at.last().copied(),
+            Some(1990 + 160),
+            "the storm's end waits one burst window ({last} ms)"
+        );
     }
 
     /// Signals older than the cap do not count, and no recent signal at all means no wait.
