@@ -7,5 +7,6 @@ pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod emulator;
+pub mod kube_requests;
 pub mod metrics;
 pub mod telemetry;

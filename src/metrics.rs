@@ -138,6 +138,11 @@ impl Metrics {
         );
         registry.register("leader", "1 while this replica holds the leader lease", m.leader.clone());
         registry.register(
+            "kube_requests",
+            "Kubernetes API requests this process made, by verb and resource",
+            crate::kube_requests::KUBE_REQUESTS.clone(),
+        );
+        registry.register(
             "cached_objects",
             "Objects in the operator's caches, by kind (pods only of namespaces with a pod-targeted binding)",
             m.cached_objects.clone(),

@@ -6,7 +6,8 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
 };
 
-/// A client from `--kubeconfig`, else `KUBECONFIG`, else the in-cluster service account.
+/// A client from `--kubeconfig`, else `KUBECONFIG`, else the in-cluster service account; its requests are
+/// counted in `clb_operator_kube_requests`.
 pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Client> {
     let config = match kubeconfig {
         Some(path) => {
@@ -16,5 +17,6 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Clie
         }
         None => kube::Config::infer().await.context("no kubeconfig and not in a cluster")?,
     };
-    Client::try_from(config).context("building the Kubernetes client")
+    let builder = kube::client::ClientBuilder::try_from(config).context("building the Kubernetes client")?;
+    Ok(builder.with_layer(&crate::kube_requests::count_requests()).build())
 }
