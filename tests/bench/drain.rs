@@ -704,11 +704,7 @@ fn write_markdown(dir: &std::path::Path, r: &Value) {
          controller that waits for the Node's deletion has deregistered it (the node-deletion delay plus the task).\n",
     );
     std::fs::write(dir.join("DRAIN.md"), md).unwrap();
-    // A venv with matplotlib under target/ (`python3 -m venv target/plot-venv; target/plot-venv/bin/pip install
-    // matplotlib`) is used when there is one.
-    let venv = common::repo().join("target/plot-venv/bin/python");
-    let python = if venv.exists() { venv.into_os_string() } else { "python3".into() };
-    let plot = std::process::Command::new(python)
+    let plot = std::process::Command::new(common::plot_python())
         .arg(common::repo().join("tests/bench/drain_plot.py"))
         .arg(dir.join("drain.json"))
         .arg(dir.join("drain-timeline.png"))

@@ -23,12 +23,27 @@ pub struct NodeFixture {
     instance: Option<String>,
     taints: Vec<Value>,
     kwok: bool,
+    kubelet_shaped: bool,
 }
 
 impl NodeFixture {
     /// A node named `name`, without labels, taints or provider ID.
     pub fn new(name: impl Into<String>) -> Self {
-        Self { name: name.into(), labels: BTreeMap::new(), instance: None, taints: Vec::new(), kwok: false }
+        Self {
+            name: name.into(),
+            labels: BTreeMap::new(),
+            instance: None,
+            taints: Vec::new(),
+            kwok: false,
+            kubelet_shaped: false,
+        }
+    }
+
+    /// Shaped like a node a kubelet registers on TKE (the labels, addresses, conditions, node info, capacity and
+    /// the images it holds), about 5 kB as JSON, so memory figures mean what users see.
+    pub fn kubelet_shaped(mut self) -> Self {
+        self.kubelet_shaped = true;
+        self
     }
 
     /// Runs the CVM `instance` (e.g. `ins-abc001`).
@@ -65,6 +80,9 @@ impl NodeFixture {
         if !self.taints.is_empty() {
             node["spec"]["taints"] = json!(self.taints);
         }
+        if self.kubelet_shaped {
+            kubelet_node(&mut node, &mut labels, &self.name);
+        }
         if self.kwok {
             labels.insert("kubernetes.io/hostname".into(), self.name.clone());
             node["metadata"]["annotations"] = json!({"kwok.x-k8s.io/node": "fake"});
@@ -95,12 +113,27 @@ pub struct PodFixture {
     node: Option<String>,
     finalizers: Vec<String>,
     ready: bool,
+    kubelet_shaped: bool,
 }
 
 impl PodFixture {
     /// A pod named `name`, not scheduled, without labels.
     pub fn new(name: impl Into<String>) -> Self {
-        Self { name: name.into(), labels: BTreeMap::new(), node: None, finalizers: Vec::new(), ready: false }
+        Self {
+            name: name.into(),
+            labels: BTreeMap::new(),
+            node: None,
+            finalizers: Vec::new(),
+            ready: false,
+            kubelet_shaped: false,
+        }
+    }
+
+    /// Shaped like a Deployment's pod with a sidecar (env, ports, volumes, probes, resources; and, when
+    /// [`PodFixture::ready`], the status a kubelet reports with container statuses), about 6 kB as JSON.
+    pub fn kubelet_shaped(mut self) -> Self {
+        self.kubelet_shaped = true;
+        self
     }
 
     /// Labelled `app=<app>`.
@@ -139,6 +172,17 @@ impl PodFixture {
             "metadata": {"name": self.name, "labels": self.labels},
             "spec": {"containers": [{"name": "c", "image": "fake"}]},
         });
+        if self.kubelet_shaped {
+            pod["spec"] = kubelet_pod_spec(&self.name);
+            pod["metadata"]["annotations"] = json!({
+                "kubectl.kubernetes.io/restartedAt": "2026-11-30T10:00:00Z",
+                "tke.cloud.tencent.com/networks-status": "[{\"name\":\"tke-bridge\",\"interface\":\"eth0\",\"ips\":[\"172.16.3.25\"],\"default\":true}]",
+            });
+            pod["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "name": "web-7d9c6b5f4d", "uid": "6f1c1f7e-2b7a-4d3e-9a51-0d2f4b8c9e10", "controller": true,
+                "blockOwnerDeletion": true}]);
+            pod["metadata"]["generateName"] = json!("web-7d9c6b5f4d-");
+        }
         if let Some(node) = &self.node {
             pod["spec"]["nodeName"] = json!(node);
         }
@@ -154,8 +198,12 @@ impl PodFixture {
         if !self.ready {
             return Ok(pod);
         }
-        let ready =
-            json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}});
+        let ready = match self.kubelet_shaped {
+            true => json!({"status": kubelet_pod_status()}),
+            false => {
+                json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})
+            }
+        };
         api.patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&ready)).await
     }
 
@@ -300,4 +348,134 @@ pub fn emulator_config(task_duration: Duration, load_balancers: Vec<SeedLoadBala
 pub async fn spawn_emulator(config: EmulatorConfig) -> EmulatorHandle {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port on 127.0.0.1");
     emulator::spawn(config, listener).await.expect("the emulator starts")
+}
+
+/// Fills in what a kubelet on a TKE node registers beyond the fixture's own fields.
+fn kubelet_node(node: &mut Value, labels: &mut BTreeMap<String, String>, name: &str) {
+    for (k, v) in [
+        ("beta.kubernetes.io/arch", "amd64"),
+        ("beta.kubernetes.io/os", "linux"),
+        ("beta.kubernetes.io/instance-type", "SA5.2XLARGE16"),
+        ("cloud.tencent.com/node-instance-id", "ins-placeholder"),
+        ("failure-domain.beta.kubernetes.io/region", "gz"),
+        ("failure-domain.beta.kubernetes.io/zone", "100003"),
+        ("kubernetes.io/arch", "amd64"),
+        ("kubernetes.io/os", "linux"),
+        ("node.kubernetes.io/instance-type", "SA5.2XLARGE16"),
+        ("topology.kubernetes.io/region", "gz"),
+        ("topology.kubernetes.io/zone", "100003"),
+        ("tke.cloud.tencent.com/nodepool-id", "np-3x8k2l9q"),
+    ] {
+        labels.entry(k.to_owned()).or_insert_with(|| v.to_owned());
+    }
+    labels.insert("kubernetes.io/hostname".into(), name.to_owned());
+    node["metadata"]["annotations"] = json!({
+        "node.alpha.kubernetes.io/ttl": "0",
+        "volumes.kubernetes.io/controller-managed-attach-detach": "true",
+        "tke.cloud.tencent.com/created-by": "tke-nodepool",
+    });
+    node["spec"]["podCIDR"] = json!("172.16.3.0/26");
+    node["spec"]["podCIDRs"] = json!(["172.16.3.0/26"]);
+    let capacity = json!({"cpu": "8", "ephemeral-storage": "103079844Ki", "hugepages-1Gi": "0",
+        "hugepages-2Mi": "0", "memory": "32386916Ki", "pods": "61"});
+    let allocatable = json!({"cpu": "7900m", "ephemeral-storage": "94998384074", "hugepages-1Gi": "0",
+        "hugepages-2Mi": "0", "memory": "30126948Ki", "pods": "61"});
+    let condition = |type_: &str, status: &str, reason: &str, message: &str| {
+        json!({"type": type_, "status": status, "reason": reason, "message": message,
+            "lastHeartbeatTime": "2026-12-01T08:14:03Z", "lastTransitionTime": "2026-11-20T02:41:55Z"})
+    };
+    let images: Vec<Value> = (0..14)
+        .map(|i| {
+            json!({"names": [
+                format!("ccr.ccs.tencentyun.com/tkeimages/component-{i}@sha256:{:064x}", i * 7919 + 17),
+                format!("ccr.ccs.tencentyun.com/tkeimages/component-{i}:v1.{i}.3"),
+            ], "sizeBytes": 18_000_000 + i * 3_100_000})
+        })
+        .collect();
+    node["status"] = json!({
+        "capacity": capacity,
+        "allocatable": allocatable,
+        "conditions": [
+            condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+            condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+            condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+            condition("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+        ],
+        "addresses": [
+            {"type": "InternalIP", "address": "10.0.3.17"},
+            {"type": "ExternalIP", "address": "203.0.113.17"},
+            {"type": "Hostname", "address": name},
+        ],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        "nodeInfo": {"machineID": "8d2b4e0c1f6a4c7d9e3b5a7c2d4f6e8a", "systemUUID": "8D2B4E0C-1F6A-4C7D-9E3B-5A7C2D4F6E8A",
+            "bootID": "0b6c2e4f-8a1d-4e3b-9c5f-7d2a4b6c8e0f", "kernelVersion": "5.4.241-1-tlinux4-0017.7",
+            "osImage": "TencentOS Server 3.1 (Final)", "containerRuntimeVersion": "containerd://1.6.9-tke.8",
+            "kubeletVersion": "v1.34.4-tke.1", "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64"},
+        "images": images,
+    });
+}
+
+/// The spec of a Deployment's pod with an app container and a log sidecar, as a scheduler leaves it.
+fn kubelet_pod_spec(name: &str) -> Value {
+    let env: Vec<Value> = (0..10)
+        .map(|i| json!({"name": format!("APP_SETTING_{i}"), "value": format!("value-{i}-of-the-app")}))
+        .collect();
+    json!({
+        "containers": [
+            {"name": "web", "image": "ccr.ccs.tencentyun.com/shop/web:2026.11.30-3f9c2d1",
+             "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}, {"name": "metrics", "containerPort": 9090, "protocol": "TCP"}],
+             "env": env,
+             "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
+             "volumeMounts": [{"name": "config", "mountPath": "/etc/web"}, {"name": "kube-api-access", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true}],
+             "livenessProbe": {"httpGet": {"path": "/healthz", "port": 8080, "scheme": "HTTP"}, "periodSeconds": 10, "timeoutSeconds": 1, "successThreshold": 1, "failureThreshold": 3},
+             "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080, "scheme": "HTTP"}, "periodSeconds": 5, "timeoutSeconds": 1, "successThreshold": 1, "failureThreshold": 3},
+             "lifecycle": {"preStop": {"exec": {"command": ["/bin/sh", "-c", "sleep 15"]}}},
+             "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File", "imagePullPolicy": "IfNotPresent"},
+            {"name": "log-agent", "image": "ccr.ccs.tencentyun.com/tkeimages/log-agent:v1.1.9",
+             "args": ["--path=/var/log/web", "--topic=shop-web"],
+             "resources": {"requests": {"cpu": "20m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}},
+             "volumeMounts": [{"name": "kube-api-access", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true}],
+             "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File", "imagePullPolicy": "IfNotPresent"},
+        ],
+        "volumes": [
+            {"name": "config", "configMap": {"name": "web-config", "defaultMode": 420}},
+            {"name": "kube-api-access", "projected": {"defaultMode": 420, "sources": [
+                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}]}},
+        ],
+        "restartPolicy": "Always", "terminationGracePeriodSeconds": 30, "dnsPolicy": "ClusterFirst",
+        "serviceAccountName": "default", "serviceAccount": "default", "hostname": name,
+        "securityContext": {}, "schedulerName": "default-scheduler", "priority": 0,
+        "enableServiceLinks": true, "preemptionPolicy": "PreemptLowerPriority",
+        "tolerations": [
+            {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+            {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+        ],
+    })
+}
+
+/// The status a kubelet reports for a running, ready pod of [`kubelet_pod_spec`].
+fn kubelet_pod_status() -> Value {
+    let at = "2026-11-30T10:02:11Z";
+    let container = |name: &str, image: &str, id: u64| {
+        json!({"name": name, "ready": true, "restartCount": 0, "started": true,
+            "image": image, "imageID": format!("{image}@sha256:{id:064x}"),
+            "containerID": format!("containerd://{:064x}", id * 31),
+            "state": {"running": {"startedAt": at}}, "lastState": {}})
+    };
+    let condition =
+        |t: &str| json!({"type": t, "status": "True", "lastProbeTime": null, "lastTransitionTime": at});
+    json!({
+        "phase": "Running",
+        "conditions": [condition("PodReadyToStartContainers"), condition("Initialized"), condition("Ready"),
+            condition("ContainersReady"), condition("PodScheduled")],
+        "hostIP": "10.0.3.17", "hostIPs": [{"ip": "10.0.3.17"}],
+        "podIP": "172.16.3.25", "podIPs": [{"ip": "172.16.3.25"}],
+        "startTime": at, "qosClass": "Burstable",
+        "containerStatuses": [
+            container("web", "ccr.ccs.tencentyun.com/shop/web:2026.11.30-3f9c2d1", 91),
+            container("log-agent", "ccr.ccs.tencentyun.com/tkeimages/log-agent:v1.1.9", 92),
+        ],
+    })
 }

@@ -334,3 +334,10 @@ pub fn helm_bin() -> &'static Path {
         bin
     })
 }
+
+/// The python that draws the benchmarks' plots: a venv with matplotlib under target/ when there is one
+/// (`python3 -m venv target/plot-venv; target/plot-venv/bin/pip install matplotlib`), else python3.
+pub fn plot_python() -> std::ffi::OsString {
+    let venv = repo().join("target/plot-venv/bin/python");
+    if venv.exists() { venv.into_os_string() } else { "python3".into() }
+}
