@@ -23,6 +23,11 @@ impl SignalClock {
         self.0.lock().ok()?.get(node).copied()
     }
 
+    /// When any node last changed, cluster-wide.
+    pub fn latest(&self) -> Option<Instant> {
+        self.0.lock().ok()?.values().max().copied()
+    }
+
     /// How many distinct nodes, cluster-wide, changed within `window` before `now`.
     pub fn nodes_changed_within(&self, window: Duration, now: Instant) -> usize {
         self.0.lock().map(|m| m.values().filter(|t| now.duration_since(**t) < window).count()).unwrap_or(0)
@@ -32,8 +37,8 @@ impl SignalClock {
 /// The settle policy: an isolated change (the only recent one, on this binding and cluster-wide) is submitted at
 /// once, the leading edge, so a single node going away costs only the time its watch event takes; during a burst
 /// (several nodes changed lately, on this binding or cluster-wide) a binding waits until `burst_factor` quiet
-/// times have passed without a change, because a mass drain reaches the API server over several hundred
-/// milliseconds; and no binding holds back longer than `max_factor` quiet times in all, so a node that changes
+/// times have passed without a change anywhere in the cluster, because a mass drain reaches the API server over
+/// several hundred milliseconds and one binding's nodes may pause while others' keep coming; and no binding holds back longer than `max_factor` quiet times in all, so a node that changes
 /// constantly cannot starve the others. The first event of a mass drain looks isolated and goes out alone: a
 /// drain costs one call more than the ideal, for the leading edge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,23 +72,28 @@ impl Settle {
     }
 
     /// How much longer to hold back at `now` (`None`: submit now). `recent` holds when each node the binding
-    /// looks at last changed, `cluster_recent` how many nodes changed cluster-wide within [`Self::burst_quiet`],
-    /// and `since` since when this binding has been holding back (`None`: it is not yet).
+    /// looks at last changed, `cluster` how many nodes changed cluster-wide within [`Self::burst_quiet`] and
+    /// when the last of them did, and `since` since when this binding has been holding back (`None`: it is not
+    /// yet).
     pub fn wait(
         &self,
         now: Instant,
         recent: &[Instant],
-        cluster_recent: usize,
+        cluster: (usize, Option<Instant>),
         since: Option<Instant>,
     ) -> Option<Duration> {
+        let (cluster_recent, cluster_last) = cluster;
         let cap = self.cap();
         let ages: Vec<Duration> =
             recent.iter().map(|t| now.duration_since(*t)).filter(|age| *age < cap).collect();
-        let quiet_for = ages.iter().min().copied().unwrap_or(cap);
+        let own_quiet_for = ages.iter().min().copied().unwrap_or(cap);
         // "Lately" is the burst window, not the cap: isolated changes of one binding a second apart stay isolated.
         let lately = ages.iter().filter(|age| **age < self.burst_quiet()).count();
         let burst = lately > 1 || cluster_recent > 1;
         let needed = if burst { self.burst_quiet() } else { Duration::ZERO };
+        // In a burst, quiet means quiet everywhere: the drain is not over while other nodes keep changing.
+        let cluster_quiet_for = cluster_last.map_or(cap, |t| now.duration_since(t));
+        let quiet_for = if burst { own_quiet_for.min(cluster_quiet_for) } else { own_quiet_for };
         let held_for = since.map_or(Duration::ZERO, |s| now.duration_since(s));
         (quiet_for < needed && held_for < cap).then(|| needed - quiet_for)
     }
@@ -112,7 +122,8 @@ mod tests {
                 unsent = true;
             }
             let recent: Vec<Instant> = ["a", "b", "c"].iter().filter_map(|n| clock.last(n)).collect();
-            let cluster = clock.nodes_changed_within(settle.burst_quiet(), now) + cluster_extra;
+            let cluster =
+                (clock.nodes_changed_within(settle.burst_quiet(), now) + cluster_extra, clock.latest());
             let next_signal = pending.first().map(|(_, at)| Duration::from_millis(*at - elapsed));
             let wait = match unsent {
                 true => settle.wait(now, &recent, cluster, since),
@@ -156,6 +167,14 @@ mod tests {
         assert_eq!(submissions(Settle::default(), &[("a", 0)], 2).await, [160], "cluster-wide burst");
     }
 
+    /// A binding whose own nodes pause while other nodes of the drain keep changing keeps holding until the
+    /// whole cluster has been quiet for the burst window (within the cap), so its late nodes join the batch.
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_ends_when_the_cluster_is_quiet() {
+        let drain = [("a", 0), ("b", 10), ("x1", 100), ("x2", 200), ("x3", 300)];
+        assert_eq!(submissions(Settle::default(), &drain, 0).await, [0, 460]);
+    }
+
     /// However long changes keep coming, no binding holds back longer than the cap (30 quiet periods), so a
     /// node that changes constantly cannot starve the others.
     #[tokio::test(start_paused = true)]
@@ -182,11 +201,11 @@ mod tests {
         let s = Settle::default();
         let now = Instant::now();
         tokio::time::advance(700 * MS).await;
-        assert_eq!(s.wait(Instant::now(), &[now], 0, None), None);
-        assert_eq!(s.wait(Instant::now(), &[], 0, None), None);
+        assert_eq!(s.wait(Instant::now(), &[now], (0, Some(now)), None), None);
+        assert_eq!(s.wait(Instant::now(), &[], (0, None), None), None);
         let zero = Settle { quiet: Duration::ZERO, ..s };
         assert_eq!(
-            zero.wait(Instant::now(), &[Instant::now()], 5, None),
+            zero.wait(Instant::now(), &[Instant::now()], (5, Some(Instant::now())), None),
             None,
             "--settle=0s submits at once"
         );

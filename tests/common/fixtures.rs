@@ -82,6 +82,9 @@ impl NodeFixture {
         }
         if self.kubelet_shaped {
             kubelet_node(&mut node, &mut labels, &self.name);
+            if let Some(id) = &self.instance {
+                labels.insert("cloud.tencent.com/node-instance-id".into(), id.clone());
+            }
         }
         if self.kwok {
             labels.insert("kubernetes.io/hostname".into(), self.name.clone());
@@ -356,7 +359,6 @@ fn kubelet_node(node: &mut Value, labels: &mut BTreeMap<String, String>, name: &
         ("beta.kubernetes.io/arch", "amd64"),
         ("beta.kubernetes.io/os", "linux"),
         ("beta.kubernetes.io/instance-type", "SA5.2XLARGE16"),
-        ("cloud.tencent.com/node-instance-id", "ins-placeholder"),
         ("failure-domain.beta.kubernetes.io/region", "gz"),
         ("failure-domain.beta.kubernetes.io/zone", "100003"),
         ("kubernetes.io/arch", "amd64"),
