@@ -114,6 +114,21 @@ fn push_running(
     );
 }
 
+/// A node's targets on several listeners are quiesced by one weight call per listener, which finish apart; so
+/// that they leave in one Deregister call, the quiesced targets of the nodes the finished task `request_id`
+/// touched (`nodes`) all wait until the latest of their ends. Waits are only ever lengthened: none is cut short.
+fn align_quiesced(status: &mut ClbBackendBindingStatus, nodes: &BTreeSet<String>) {
+    for node in nodes {
+        let same =
+            |b: &BackendStatus| b.node.as_deref() == Some(node.as_str()) && b.state == BackendState::Quiesced;
+        let latest =
+            status.backends.iter().filter(|b| same(b)).filter_map(|b| b.quiesced_until.clone()).max();
+        for b in status.backends.iter_mut().filter(|b| same(b)) {
+            b.quiesced_until.clone_from(&latest);
+        }
+    }
+}
+
 /// Applies a finished task's outcome. Success moves its instances on (Registered, or out of `backends`); failure
 /// puts them back where they were (Registered, or not owned) so that the next reconcile retries them. Returns the
 /// task's action and instances, or `None` if no such running task is recorded.
@@ -129,6 +144,8 @@ pub fn task_finished(
     task.state = if succeeded { TaskState::Succeeded } else { TaskState::Failed };
     task.completed_at = Some(Time(now));
     let mine = |b: &BackendStatus| b.request_id.as_deref() == Some(request_id);
+    let touched: BTreeSet<String> =
+        status.backends.iter().filter(|b| mine(b)).filter_map(|b| b.node.clone()).collect();
     let submitted = task.submitted_at.0;
     match (task.action, succeeded) {
         (TaskAction::Deregister, true) | (TaskAction::Register, false) => {
@@ -159,6 +176,9 @@ pub fn task_finished(
                 }
             }
         }
+    }
+    if (task.action, succeeded) == (TaskAction::Quiesce, true) {
+        align_quiesced(status, &touched);
     }
     let outcome = (task.action, task.instance_ids.clone());
     let first_finished = status.tasks.iter().take_while(|t| t.state == TaskState::Running).count();
@@ -628,6 +648,35 @@ mod tests {
             (s.backends[0].state, s.backends[0].quiesced_until.clone()),
             (BackendState::Registered, None)
         );
+    }
+
+    /// A node's targets on two listeners, quiesced by two weight calls that finish a second apart, all wait
+    /// until the later end: they leave together, and neither waits less than asked.
+    #[test]
+    fn a_nodes_quiesced_targets_wait_for_the_last_of_them() {
+        use crate::clb::cloud::Placement;
+        let on = |listener: &str| Target {
+            instance: "ins-a".into(),
+            at: Some(Placement { listener_id: listener.into(), location_id: None, port: 80 }),
+        };
+        let at = |listener: &str| {
+            let mut b = registered("ins-a");
+            (b.listener_id, b.port) = (Some(listener.into()), Some(80));
+            b
+        };
+        let mut s =
+            ClbBackendBindingStatus { backends: vec![at("lbl-1"), at("lbl-2")], ..Default::default() };
+        let wait = Duration::from_secs(30);
+        for (id, listener) in [("q1", "lbl-1"), ("q2", "lbl-2")] {
+            let target = [(on(listener), Some("Taint/x".into()))];
+            weight_submitted(&mut s, id, TaskAction::Quiesce, &target, wait, t(10));
+        }
+        task_finished(&mut s, "q1", true, t(12));
+        assert_eq!(s.backends[0].quiesced_until, Some(Time(t(42))));
+        task_finished(&mut s, "q2", true, t(13));
+        let untils: Vec<_> = s.backends.iter().map(|b| (b.state, b.quiesced_until.clone())).collect();
+        let both = (BackendState::Quiesced, Some(Time(t(43))));
+        assert_eq!(untils, [both.clone(), both]);
     }
 
     /// A status written right after a submission does not keep an earlier Ready=True: the task is in flight.
