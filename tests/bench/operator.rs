@@ -956,7 +956,7 @@ fn write_markdown(dir: &std::path::Path, suffix: &str, r: &BTreeMap<&str, Value>
             "-",
         ),
         (
-            "operator peak RSS (MiB), kubelet-shaped objects, every pod cached",
+            "operator peak RSS (MiB), kubelet-shaped objects (every node cached; pods of the namespaces with pod-targeted bindings, half)",
             f(&r["operator_peak_rss_mib"]),
             if s["name"] == "large" { "<= 160" } else { "<= 40" },
         ),
