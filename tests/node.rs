@@ -93,6 +93,15 @@ impl NodePlane {
         }
     }
 
+    /// `helm install|upgrade` of the chart as release `RELEASE` in `NS` with the values file, waiting for the
+    /// rollout.
+    fn chart(&self, verb: &str, values: &str, extra: &[&str]) -> String {
+        let mut args = vec![verb, RELEASE, "charts/clb-operator", "-n", NS, "-f", values];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--wait", "--timeout", "5m"]);
+        self.helm(&args)
+    }
+
     fn helm(&self, args: &[&str]) -> String {
         self.run(common::helm_bin(), args)
             .unwrap_or_else(|e| panic!("{e}\n(logs in {})", self.plane.logs.display()))
@@ -236,18 +245,7 @@ async fn the_chart_runs_on_a_real_node_and_fails_over() {
     std::fs::write(&values_file, values).unwrap();
     let values_path = values_file.to_string_lossy().into_owned();
     let started = Instant::now();
-    node.helm(&[
-        "install",
-        RELEASE,
-        "charts/clb-operator",
-        "-n",
-        NS,
-        "-f",
-        &values_path,
-        "--wait",
-        "--timeout",
-        "5m",
-    ]);
+    node.chart("install", &values_path, &[]);
     let hint = format!("logs in {}", node.plane.logs.display());
     let pods = two_ready_pods(&client, &BTreeSet::new(), &hint).await;
     println!("helm install -> both replicas Ready in {:.1} s", started.elapsed().as_secs_f64());
@@ -327,20 +325,7 @@ async fn the_chart_runs_on_a_real_node_and_fails_over() {
     nodes.delete(&second_node, &DeleteParams::default()).await.unwrap();
     let running = running_task(&t, "web", TaskAction::Deregister).await;
     let started = Instant::now();
-    node.helm(&[
-        "upgrade",
-        RELEASE,
-        "charts/clb-operator",
-        "-n",
-        NS,
-        "-f",
-        &values_path,
-        "--set",
-        "logging.level=debug",
-        "--wait",
-        "--timeout",
-        "5m",
-    ]);
+    node.chart("upgrade", &values_path, &["--set", "logging.level=debug"]);
     two_ready_pods(&client, &before, &hint).await;
     println!("helm upgrade -> new pods Ready in {:.1} s", started.elapsed().as_secs_f64());
     let deployment = Api::<Deployment>::namespaced(client.clone(), NS).get(RELEASE).await.unwrap();
