@@ -200,12 +200,14 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Runs `n` futures made by `make` with bounded parallelism, failing on the first error.
-async fn parallel<F, Fut, T>(n: usize, make: F) -> Vec<T>
+/// What each call returns is dropped as it comes: kept, 150,000 kubelet-shaped pods held this process at 9 GB.
+async fn parallel<F, Fut, T>(n: usize, make: F)
 where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = Result<T, kube::Error>>,
 {
-    stream::iter(0..n).map(make).buffer_unordered(PARALLEL).try_collect().await.expect("API call")
+    let calls = stream::iter(0..n).map(make).buffer_unordered(PARALLEL);
+    calls.try_for_each(|_| async { Ok(()) }).await.expect("API call")
 }
 
 struct Bench {
