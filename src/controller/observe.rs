@@ -284,7 +284,7 @@ pub fn settle(ctx: &Context, key: &Key, looked_at: &BTreeSet<String>) -> Option<
     let policy = &ctx.config.settle;
     let signals = &ctx.caches.signals;
     let recent: Vec<_> = looked_at.iter().filter_map(|n| signals.last(n)).collect();
-    let cluster = (signals.nodes_changed_within(policy.burst_quiet(), now), signals.latest());
+    let cluster = signals.cluster(policy.burst_quiet(), now);
     let wait = policy.wait(now, &recent, cluster, ctx.memory.settling_since(key));
     ctx.memory.settling(key, wait.is_some(), now);
     wait

@@ -23,14 +23,12 @@ impl SignalClock {
         self.0.lock().ok()?.get(node).copied()
     }
 
-    /// When any node last changed, cluster-wide.
-    pub fn latest(&self) -> Option<Instant> {
-        self.0.lock().ok()?.values().max().copied()
-    }
-
-    /// How many distinct nodes, cluster-wide, changed within `window` before `now`.
-    pub fn nodes_changed_within(&self, window: Duration, now: Instant) -> usize {
-        self.0.lock().map(|m| m.values().filter(|t| now.duration_since(**t) < window).count()).unwrap_or(0)
+    /// Cluster-wide, in one pass: how many distinct nodes changed within `window` before `now`, and when the
+    /// last change was.
+    pub fn cluster(&self, window: Duration, now: Instant) -> (usize, Option<Instant>) {
+        let Ok(m) = self.0.lock() else { return (0, None) };
+        let recent = m.values().filter(|t| now.duration_since(**t) < window).count();
+        (recent, m.values().max().copied())
     }
 }
 
@@ -122,8 +120,8 @@ mod tests {
                 unsent = true;
             }
             let recent: Vec<Instant> = ["a", "b", "c"].iter().filter_map(|n| clock.last(n)).collect();
-            let cluster =
-                (clock.nodes_changed_within(settle.burst_quiet(), now) + cluster_extra, clock.latest());
+            let (recent_nodes, last) = clock.cluster(settle.burst_quiet(), now);
+            let cluster = (recent_nodes + cluster_extra, last);
             let next_signal = pending.first().map(|(_, at)| Duration::from_millis(*at - elapsed));
             let wait = match unsent {
                 true => settle.wait(now, &recent, cluster, since),
