@@ -315,11 +315,18 @@ impl Draft {
         Ok(())
     }
 
-    /// Writes an intent before its submission. If that fails nothing was sent, so nothing new is kept (a status
-    /// waiting to be written stays as it was).
-    async fn persist_intent(&mut self, ctx: &Context, binding: &ClbBackendBinding) -> Result<()> {
+    /// Writes an intent (`attempt`) before its submission, and with it what earlier steps of this reconcile
+    /// submitted. If that fails the intent's call is not made, so the intent is dropped; earlier submissions
+    /// stay in the binding's memory to be written by the next reconcile, as [`Self::persist`] keeps them.
+    async fn persist_intent(&mut self, ctx: &Context, binding: &ClbBackendBinding, attempt: &str) -> Result<()> {
         status::note_in_flight(&mut self.status, binding.meta().generation, jiff::Timestamp::now());
-        act::write_status(ctx, binding, &self.status).await?;
+        if let Err(e) = act::write_status(ctx, binding, &self.status).await {
+            status::intent_done(&mut self.status, attempt);
+            if self.status.tasks != self.written.tasks || self.status.backends != self.written.backends {
+                ctx.memory.unwritten(&ObjectRef::from_obj(binding), &self.status);
+            }
+            return Err(e);
+        }
         self.written = self.status.clone();
         Ok(())
     }
@@ -364,8 +371,9 @@ async fn poll(
     recorded
 }
 
-/// Submits Deregister tasks and records them, remembering when each instance's signal was seen: the intent is
-/// written before the call, and the requestIds right after it.
+/// Submits Deregister tasks and records them in the draft, remembering when each instance's signal was seen: the
+/// intent is written before the call; the requestIds go out with the reconcile's one closing status write (or
+/// with the next intent, whichever comes first), so a task costs one write for its submission, not two.
 async fn deregister(
     ctx: &Context,
     seen: &Observed,
@@ -375,7 +383,7 @@ async fn deregister(
 ) -> Result<Recorded> {
     let targets: Vec<Target> = leaving.iter().map(|l| l.target.clone()).collect();
     let attempt = status::intend(&mut draft.status, TaskAction::Deregister, &targets, seen.now);
-    draft.persist_intent(ctx, &seen.binding).await?; // the intent reaches the status before the call
+    draft.persist_intent(ctx, &seen.binding, &attempt).await?; // the intent reaches the status before the call
     let outcomes = act::deregister(ctx, clb, &seen.key, &seen.binding.spec.load_balancer_id, leaving).await;
     for outcome in &outcomes {
         if let Outcome::Task { request_id, batch } = outcome {
@@ -385,7 +393,6 @@ async fn deregister(
     }
     let recorded = status::deregistered(&mut draft.status, &outcomes, seen.now);
     status::intent_done(&mut draft.status, &attempt);
-    draft.persist(ctx, &seen.binding).await?; // the requestIds reach the status before anything else
     Ok(recorded)
 }
 
@@ -430,7 +437,6 @@ async fn quiesce(
         .map(plan::target_of)
         .collect();
     failed.extend(leaving.iter().filter(|l| !quiesced.contains(&l.target)).cloned());
-    draft.persist(ctx, &seen.binding).await?; // the requestIds reach the status before anything else
     if failed.is_empty() {
         return Ok(Recorded::default());
     }
@@ -479,7 +485,6 @@ async fn restore(
             Outcome::Failed(problem) => recorded.problems.push(problem),
         }
     }
-    draft.persist(ctx, &seen.binding).await?;
     Ok(recorded)
 }
 
@@ -490,7 +495,7 @@ fn signal_seen(ctx: &Context, status: &ClbBackendBindingStatus, target: &Target)
 }
 
 /// Adopts joining instances already on the load balancer, submits Register tasks for the rest, and records both:
-/// the intent is written before the call, and the requestIds right after it.
+/// the intent is written before the call, and the requestIds with the reconcile's closing status write.
 async fn join(
     ctx: &Context,
     seen: &Observed,
@@ -515,12 +520,11 @@ async fn join(
     }
     let targets: Vec<Target> = register.iter().map(|j| j.target.clone()).collect();
     let attempt = status::intend(&mut draft.status, TaskAction::Register, &targets, seen.now);
-    draft.persist_intent(ctx, &seen.binding).await?; // the intent reaches the status before the call
+    draft.persist_intent(ctx, &seen.binding, &attempt).await?; // the intent reaches the status before the call
     let weight = u32::try_from(seen.binding.spec.weight.clamp(0, 100)).unwrap_or(10);
     let outcomes = act::register(ctx, clb, &seen.key, lb, &register, weight).await;
     let recorded = status::joined(&mut draft.status, &adopt, &outcomes, seen.now);
     status::intent_done(&mut draft.status, &attempt);
-    draft.persist(ctx, &seen.binding).await?; // the requestIds reach the status before anything else
     Ok(recorded)
 }
 
