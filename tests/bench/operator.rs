@@ -22,6 +22,7 @@ use std::{
 use clb_operator::{
     api::{ClbBackendBinding, TaskState},
     clb::v3,
+    controller::slim::{SlimNode, SlimPod},
     emulator::{CallRecord, EmulatorHandle, SeedListener},
 };
 use common::{
@@ -38,6 +39,11 @@ use kube::{
     runtime::{WatchStreamExt, watcher},
 };
 use serde_json::{Value, json};
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+
+/// Counts this process's heap bytes, to weigh objects as the operator's caches hold them ([`cached_bytes`]).
+#[global_allocator]
+static HEAP: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
 
 /// Cluster size and phase lengths.
 #[derive(Clone, Debug)]
@@ -180,6 +186,69 @@ impl Peaks {
 
     fn get(&self, name: &str) -> f64 {
         self.0.lock().ok().and_then(|p| p.1.get(name).copied()).unwrap_or_default()
+    }
+}
+
+/// Heap bytes one cached node and one cached pod cost: `n` copies of `node` and `pod` as the API server served
+/// them (names made distinct, resourceVersion dropped as the operator's watches drop it) parsed into the
+/// operator's slim types and kept in reflector stores, as its watches keep them. The change filter's digest (a
+/// few dozen bytes an object) is not in it. Measured in this process while nothing else in it works.
+fn cached_bytes(node: &Node, pod: &Pod, n: usize) -> (f64, f64) {
+    fn copies<K: serde::Serialize + Clone + kube::Resource>(obj: &K, n: usize) -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|i| {
+                let mut o = obj.clone();
+                o.meta_mut().name = Some(format!("{}-{i:06}", o.name_any()));
+                o.meta_mut().resource_version = None;
+                serde_json::to_vec(&o).unwrap()
+            })
+            .collect()
+    }
+    fn weigh<K>(docs: &[Vec<u8>]) -> f64
+    where
+        K: kube::Resource<DynamicType = ()> + serde::de::DeserializeOwned + Clone + 'static,
+    {
+        let region = Region::new(HEAP);
+        let mut writer = kube::runtime::reflector::store::Writer::<K>::default();
+        for doc in docs {
+            let obj: K = serde_json::from_slice(doc).unwrap();
+            writer.apply_watcher_event(&watcher::Event::Apply(obj));
+        }
+        let c = region.change();
+        let net = c.bytes_allocated as f64 - c.bytes_deallocated as f64 + c.bytes_reallocated as f64;
+        drop(writer);
+        net / docs.len() as f64
+    }
+    (weigh::<SlimNode>(&copies(node, n)), weigh::<SlimPod>(&copies(pod, n)))
+}
+
+/// Peak RSS (MiB) of the API server and etcd, sampled from their pid files in the plane's directory.
+#[derive(Clone, Default)]
+struct PlanePeaks(Arc<Mutex<(f64, f64)>>);
+
+impl PlanePeaks {
+    fn start(dir: &std::path::Path) -> Self {
+        let peaks = Self::default();
+        let pid = |name: &str| {
+            std::fs::read_to_string(dir.join(name)).ok().and_then(|p| p.trim().parse::<u32>().ok()).unwrap_or(0)
+        };
+        let (apiserver, etcd) = (pid("apiserver.pid"), pid("etcd.pid"));
+        let p = peaks.clone();
+        std::thread::spawn(move || {
+            let (a, e) = (Proc { pid: apiserver, ticks_per_second: 100.0 }, Proc { pid: etcd, ticks_per_second: 100.0 });
+            loop {
+                if let Ok(mut m) = p.0.lock() {
+                    m.0 = m.0.max(a.rss_mib());
+                    m.1 = m.1.max(e.rss_mib());
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        peaks
+    }
+
+    fn get(&self) -> (f64, f64) {
+        self.0.lock().map(|m| *m).unwrap_or_default()
     }
 }
 
@@ -468,6 +537,7 @@ async fn main() {
         Bench { size: size.clone(), client, emu, seen_done: Arc::default(), failures: Vec::new() };
     let mut results: BTreeMap<&str, Value> = BTreeMap::new();
 
+    let plane_peaks = PlanePeaks::start(&dir);
     let t = Instant::now();
     bench.build_cluster().await;
     let build_secs = t.elapsed().as_secs_f64();
@@ -482,6 +552,14 @@ async fn main() {
             "pod_json_bytes": serde_json::to_vec(&pod).unwrap().len(), "namespaces": size.namespaces}),
     );
     println!("objects: {}", results["cluster"]);
+    let (node_bytes, pod_bytes) = cached_bytes(&node, &pod, 2_000);
+    let (apiserver_mib, etcd_mib) = plane_peaks.get();
+    results.insert(
+        "cached_object_bytes",
+        json!({"node": node_bytes.round(), "pod": pod_bytes.round()}),
+    );
+    println!("cached object bytes: {}", results["cached_object_bytes"]);
+    println!("control plane after the build: api server {apiserver_mib:.0} MiB, etcd {etcd_mib:.0} MiB peak");
 
     // Logs stay out of the repository, whatever the size.
     let logs = repo.join("target/bench");
@@ -814,6 +892,8 @@ async fn main() {
     let bad_codes = bench.emu.state().calls.iter().filter(|c| c.code != 0 || c.error.is_some()).count();
     bench.check(bad_codes == 0, format!("{bad_codes} CLB calls answered with an error"));
     op.stop();
+    let (apiserver_mib, etcd_mib) = plane_peaks.get();
+    results.insert("control_plane_peak_rss_mib", json!({"kube_apiserver": apiserver_mib, "etcd": etcd_mib}));
     testenv(&["down"]);
 
     results.insert(
@@ -971,6 +1051,20 @@ fn write_markdown(dir: &std::path::Path, suffix: &str, r: &BTreeMap<&str, Value>
                 f(&r["idle"]["cpu_seconds"])
             ),
             "idle < 1% of a core",
+        ),
+        (
+            "heap bytes per cached node / pod (slim types in reflector stores)",
+            format!("{} / {}", f(&r["cached_object_bytes"]["node"]), f(&r["cached_object_bytes"]["pod"])),
+            "-",
+        ),
+        (
+            "kube-apiserver / etcd peak RSS over the whole run (MiB)",
+            format!(
+                "{} / {}",
+                f(&r["control_plane_peak_rss_mib"]["kube_apiserver"]),
+                f(&r["control_plane_peak_rss_mib"]["etcd"])
+            ),
+            "-",
         ),
         ("idle CPU (% of a core)", f(&r["idle"]["cpu_percent_of_core"]), "< 1"),
         ("restart to all reconciled (s)", f(&r["restart"]["seconds_to_all_reconciled"]), "<= 10"),
