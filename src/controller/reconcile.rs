@@ -318,7 +318,12 @@ impl Draft {
     /// Writes an intent (`attempt`) before its submission, and with it what earlier steps of this reconcile
     /// submitted. If that fails the intent's call is not made, so the intent is dropped; earlier submissions
     /// stay in the binding's memory to be written by the next reconcile, as [`Self::persist`] keeps them.
-    async fn persist_intent(&mut self, ctx: &Context, binding: &ClbBackendBinding, attempt: &str) -> Result<()> {
+    async fn persist_intent(
+        &mut self,
+        ctx: &Context,
+        binding: &ClbBackendBinding,
+        attempt: &str,
+    ) -> Result<()> {
         status::note_in_flight(&mut self.status, binding.meta().generation, jiff::Timestamp::now());
         if let Err(e) = act::write_status(ctx, binding, &self.status).await {
             status::intent_done(&mut self.status, attempt);

@@ -230,12 +230,18 @@ impl PlanePeaks {
     fn start(dir: &std::path::Path) -> Self {
         let peaks = Self::default();
         let pid = |name: &str| {
-            std::fs::read_to_string(dir.join(name)).ok().and_then(|p| p.trim().parse::<u32>().ok()).unwrap_or(0)
+            std::fs::read_to_string(dir.join(name))
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok())
+                .unwrap_or(0)
         };
         let (apiserver, etcd) = (pid("apiserver.pid"), pid("etcd.pid"));
         let p = peaks.clone();
         std::thread::spawn(move || {
-            let (a, e) = (Proc { pid: apiserver, ticks_per_second: 100.0 }, Proc { pid: etcd, ticks_per_second: 100.0 });
+            let (a, e) = (
+                Proc { pid: apiserver, ticks_per_second: 100.0 },
+                Proc { pid: etcd, ticks_per_second: 100.0 },
+            );
             loop {
                 if let Ok(mut m) = p.0.lock() {
                     m.0 = m.0.max(a.rss_mib());
@@ -554,10 +560,7 @@ async fn main() {
     println!("objects: {}", results["cluster"]);
     let (node_bytes, pod_bytes) = cached_bytes(&node, &pod, 2_000);
     let (apiserver_mib, etcd_mib) = plane_peaks.get();
-    results.insert(
-        "cached_object_bytes",
-        json!({"node": node_bytes.round(), "pod": pod_bytes.round()}),
-    );
+    results.insert("cached_object_bytes", json!({"node": node_bytes.round(), "pod": pod_bytes.round()}));
     println!("cached object bytes: {}", results["cached_object_bytes"]);
     println!("control plane after the build: api server {apiserver_mib:.0} MiB, etcd {etcd_mib:.0} MiB peak");
 
