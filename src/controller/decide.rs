@@ -248,8 +248,13 @@ pub fn should_write(
     written: &ClbBackendBindingStatus,
     settling: bool,
 ) -> bool {
-    let summary_only = status.backends == written.backends && status.tasks == written.tasks;
-    status != written && !(settling && summary_only)
+    status != written && (!settling || holds_unwritten_changes(status, written))
+}
+
+/// Whether `status` owns or submitted something `written` does not show (not just a different summary): what
+/// must reach the API server before anything depends on it.
+pub fn holds_unwritten_changes(status: &ClbBackendBindingStatus, written: &ClbBackendBindingStatus) -> bool {
+    status.backends != written.backends || status.tasks != written.tasks
 }
 
 /// What the next look at a binding waits for.

@@ -327,7 +327,7 @@ impl Draft {
         status::note_in_flight(&mut self.status, binding.meta().generation, jiff::Timestamp::now());
         if let Err(e) = act::write_status(ctx, binding, &self.status).await {
             status::intent_done(&mut self.status, attempt);
-            if self.status.tasks != self.written.tasks || self.status.backends != self.written.backends {
+            if decide::holds_unwritten_changes(&self.status, &self.written) {
                 ctx.memory.unwritten(&ObjectRef::from_obj(binding), &self.status);
             }
             return Err(e);
