@@ -41,8 +41,8 @@ struct BindingMemory {
     reported: HashSet<String>,
     /// For Deregister tasks this process submitted: when the signals behind their instances were seen.
     signals: HashMap<String, Vec<Instant>>,
-    /// Credentials read from the binding's Secret, with the Secret's resourceVersion.
-    credentials: Option<(String, Credentials)>,
+    /// Credentials read from the binding's Secret: the Secret's name and resourceVersion, and what it held.
+    credentials: Option<(String, String, Credentials)>,
     /// What the load balancer is (kind, listeners, rules), with the spec generation it was checked for.
     load_balancer: Option<(Option<i64>, LoadBalancerView)>,
 }
@@ -223,16 +223,23 @@ impl Memory {
         self.with(key, |m| m.load_balancer = Some((generation, view)));
     }
 
-    /// The credentials read from the binding's Secret at `version`, if that is what is remembered.
-    pub fn credentials(&self, key: &Key, version: &str) -> Option<Credentials> {
+    /// The credentials of Secret `secret` (in the binding's namespace) at `version`, if they are remembered for
+    /// this binding or for another binding of the namespace that uses the same Secret: bindings that share a
+    /// Secret read it once, not once each (a restarted operator would otherwise make one GET per binding).
+    pub fn credentials(&self, key: &Key, secret: &str, version: &str) -> Option<Credentials> {
         let map = self.lock();
-        let (at, credentials) = map.get(key)?.credentials.as_ref()?;
-        (at == version).then(|| credentials.clone())
+        let read_from = |m: &BindingMemory| {
+            let (name, at, credentials) = m.credentials.as_ref()?;
+            (name == secret && at == version).then(|| credentials.clone())
+        };
+        map.get(key).and_then(read_from).or_else(|| {
+            (map.iter()).filter(|(k, _)| k.namespace == key.namespace).find_map(|(_, m)| read_from(m))
+        })
     }
 
-    /// Remembers credentials read from the binding's Secret at `version`.
-    pub fn read_credentials(&self, key: &Key, version: String, credentials: Credentials) {
-        self.with(key, |m| m.credentials = Some((version, credentials)));
+    /// Remembers the credentials the binding read from Secret `secret` at `version`.
+    pub fn read_credentials(&self, key: &Key, secret: &str, version: String, credentials: Credentials) {
+        self.with(key, |m| m.credentials = Some((secret.to_owned(), version, credentials)));
     }
 
     /// Forgets everything about a binding that is going away.
@@ -313,6 +320,23 @@ mod tests {
         assert!(m.errored(&key(), &BACKOFF) <= Duration::from_millis(2400));
     }
 
+    /// Bindings of one namespace that use the same Secret share what was read from it, at that version only;
+    /// a Secret of the same name in another namespace is another Secret.
+    #[test]
+    fn bindings_sharing_a_secret_read_it_once() {
+        let m = Memory::default();
+        let (a, b, other) =
+            (key(), ObjectRef::new("api").within("shop"), ObjectRef::new("web").within("blog"));
+        let c = Credentials::new("AKID", "key", None);
+        assert!(m.credentials(&b, "creds", "7").is_none());
+        m.read_credentials(&a, "creds", "7".into(), c.clone());
+        assert_eq!(m.credentials(&a, "creds", "7").map(|c| c.secret_id().to_owned()), Some("AKID".into()));
+        assert!(m.credentials(&b, "creds", "7").is_some(), "b uses what a read");
+        assert!(m.credentials(&b, "creds", "8").is_none(), "not at another version");
+        assert!(m.credentials(&b, "other", "7").is_none(), "not from another Secret");
+        assert!(m.credentials(&other, "creds", "7").is_none(), "not from another namespace");
+    }
+
     /// `forget` leaves no per-binding entry behind, whatever was remembered.
     #[tokio::test(start_paused = true)]
     async fn forget_leaves_nothing_behind() {
@@ -324,7 +348,7 @@ mod tests {
         m.settling(&k, true, Instant::now());
         assert!(m.first_report(&k, "InstanceIdMissing:node-a".into()));
         m.deregister_submitted(&k, "1001", vec![Instant::now()]);
-        m.read_credentials(&k, "7".into(), Credentials::new("AKID", "key", None));
+        m.read_credentials(&k, "creds", "7".into(), Credentials::new("AKID", "key", None));
         m.unwritten(&k, &ClbBackendBindingStatus::default());
         assert_eq!(m.len(), 1);
         m.forget(&k);

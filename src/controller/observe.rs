@@ -184,8 +184,9 @@ async fn credentials(
     let name = &secret_ref.name;
     let watched = ctx.caches.secrets.as_ref().and_then(|s| secret_version(s, &ns, name));
     if let Some(version) = &watched
-        && let Some(known) = ctx.memory.credentials(key, version)
+        && let Some(known) = ctx.memory.credentials(key, name, version)
     {
+        ctx.memory.read_credentials(key, name, version.clone(), known.clone());
         return Ok((Ok(known), watched));
     }
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
@@ -200,7 +201,7 @@ async fn credentials(
     let version = secret.as_ref().and_then(|s| s.resource_version());
     let credentials = credentials_from_secret(secret.as_ref(), &ns, name);
     if let (Ok(c), Some(v)) = (&credentials, &version) {
-        ctx.memory.read_credentials(key, v.clone(), c.clone());
+        ctx.memory.read_credentials(key, name, v.clone(), c.clone());
     }
     Ok((credentials, version))
 }

@@ -81,15 +81,20 @@ pub async fn start(client: &Client, namespace: Option<&str>, signals: &Arc<Signa
     .touched_objects()
     .boxed();
 
-    let pod_api: Api<SlimPod> = scoped(client, namespace);
+    let pod_client = client.clone();
     let pod_scope = Arc::new(PodScope::default());
     let (pods, pod_writer) = reflector::store();
     let pod_signals = signals.clone();
+    // One watch per wanted namespace, each backing off on its own: one namespace's errors (say, a Role
+    // missing there) must not hold back the pods of the others.
+    let pod_watch = move |ns: &str| {
+        watcher(Api::<SlimPod>::namespaced(pod_client.clone(), ns), watcher::Config::default())
+            .modify(forget_version)
+            .default_backoff()
+            .boxed()
+    };
     let pod_changes = changes_only(
-        pod_scope.events(
-            move || watcher(pod_api.clone(), watcher::Config::default()).modify(forget_version).boxed(),
-            pod_writer,
-        ),
+        pod_scope.events(pod_watch, pod_writer),
         move |pod: &SlimPod| {
             if let Some(node) = pod.spec.node_name.as_deref() {
                 pod_signals.saw(node);
@@ -97,7 +102,6 @@ pub async fn start(client: &Client, namespace: Option<&str>, signals: &Arc<Signa
         },
         on_gone,
     )
-    .default_backoff()
     .touched_objects()
     .boxed();
 
@@ -204,7 +208,7 @@ where
 /// rest: node heartbeats and pod status churn would otherwise wake every binding that looks at those objects.
 /// The stores behind it still see every event.
 /// `on_change` is told about the changes that are signals (see [`ChangeFilter`]); `on_gone` when a new list
-/// (after a watch could not resume, or a new pod scope) lacks objects seen before: they went away without a
+/// (after a watch could not resume) lacks objects seen before: they went away without a
 /// Delete event, so no binding was told, and every binding must look again.
 fn changes_only<K, S>(
     events: S,
