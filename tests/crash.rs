@@ -11,13 +11,13 @@ use std::{
     task::{Context, Poll},
 };
 
-use clb_operator::api::{TaskAction, TaskState};
-use common::{TestNs, scenario::*};
+use clb_operator::api::{ClbBackendBinding, TaskAction, TaskState};
+use common::{TestNs, fixtures, scenario::*};
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Node;
 use kube::{
     Api,
-    api::DeleteParams,
+    api::{DeleteParams, Patch, PatchParams},
     client::{Body, ClientBuilder},
     config::{KubeConfigOptions, Kubeconfig},
 };
@@ -25,17 +25,21 @@ use serde_json::json;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A fault hook in the operator's Kubernetes client: once armed with a piece of text, the next status write
-/// whose body contains it fails as a lost connection would, without reaching the API server.
+/// A fault hook in the operator's Kubernetes client: once armed with pieces of text, the next status write
+/// whose body contains all of them fails as a lost connection would, without reaching the API server.
 #[derive(Clone, Default)]
 struct FailWrite {
-    needle: Arc<Mutex<Option<String>>>,
+    needles: Arc<Mutex<Option<Vec<String>>>>,
     failed: Arc<AtomicUsize>,
 }
 
 impl FailWrite {
     fn arm(&self, needle: String) {
-        *self.needle.lock().unwrap() = Some(needle);
+        self.arm_all(vec![needle]);
+    }
+
+    fn arm_all(&self, needles: Vec<String>) {
+        *self.needles.lock().unwrap() = Some(needles);
     }
 
     fn failed(&self) -> usize {
@@ -79,13 +83,14 @@ where
         Box::pin(async move {
             let is_status_write =
                 request.method() == http::Method::PATCH && request.uri().path().ends_with("/status");
-            let armed = fault.needle.lock().unwrap().clone();
+            let armed = fault.needles.lock().unwrap().clone();
             let request = match (is_status_write, armed) {
-                (true, Some(needle)) => {
+                (true, Some(needles)) => {
                     let (parts, body) = request.into_parts();
                     let bytes = body.collect_bytes().await?;
-                    if String::from_utf8_lossy(&bytes).contains(&needle)
-                        && fault.needle.lock().unwrap().take().is_some()
+                    let text = String::from_utf8_lossy(&bytes);
+                    if needles.iter().all(|n| text.contains(n.as_str()))
+                        && fault.needles.lock().unwrap().take().is_some()
                     {
                         fault.failed.fetch_add(1, Ordering::SeqCst);
                         return Err("injected: the status write was lost".into());
@@ -146,5 +151,54 @@ async fn a_failed_status_write_after_a_submission_loses_nothing() {
         .filter(|c| c.action == "DescribeTaskStatus" && c.task_id.as_deref() == Some(request_id.as_str()))
         .count();
     assert!(polls >= 1, "the task was polled");
+    assert!(s.intents.is_empty(), "no intent left behind: {:?}", s.intents);
+}
+
+/// One reconcile deregisters an instance and then registers another; the status write of the Register intent,
+/// which also carries the new Deregister task, fails. The Register call is not made (its intent was never
+/// written), the Deregister task is written by the next reconcile from the operator's memory and polled to
+/// success, and each instance is submitted exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_intent_write_after_a_submission_in_the_same_reconcile_loses_nothing() {
+    let (t, emu) = setup("intent-fault").await;
+    let nodes = nodes(&t, &token_suffix(), 4).await;
+    // Nodes 1 and 2 serve under either selector; node 0 only under the first, node 3 only under the second.
+    let node_api = Api::<Node>::all(t.client.clone());
+    for (i, (node, _)) in nodes.iter().enumerate() {
+        let labels = match i {
+            0 => json!({"slot-a": "yes"}),
+            3 => json!({"slot-b": "yes"}),
+            _ => json!({"slot-a": "yes", "slot-b": "yes"}),
+        };
+        let patch = json!({"metadata": {"labels": labels}});
+        node_api.patch(node, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    }
+    let fault = FailWrite::default();
+    let _op = start_operator_on(faulty_client(&t, &fault).await, run_config(&t, &emu));
+    fixtures::binding("web", LB).nodes("slot-a", "yes").try_create(&t.api()).await.unwrap();
+    wait_ready_with(&t, "web", &ids(&nodes[..3])).await;
+
+    let (gone, new) = (nodes[0].1.clone(), nodes[3].1.clone());
+    fault.arm_all(vec![
+        format!(r#""action":"Deregister","instanceIds":["{gone}"],"requestId""#),
+        format!(r#""intents":[{{"action":"Register""#),
+        format!(r#""instanceIds":["{new}"]"#),
+    ]);
+    let swap =
+        json!({"spec": {"targets": {"nodeSelector": {"matchLabels": {"slot-a": null, "slot-b": "yes"}}}}});
+    (t.api::<ClbBackendBinding>()).patch("web", &PatchParams::default(), &Patch::Merge(&swap)).await.unwrap();
+    let s = wait_ready_with(&t, "web", &ids(&nodes[1..])).await;
+
+    assert_eq!(fault.failed(), 1, "the intent write after the submission failed once");
+    assert_eq!(deregister_calls(&emu), [vec![gone.clone()]], "one Deregister, never a second");
+    let registers: Vec<Vec<String>> = (emu.state().calls.iter())
+        .filter(|c| c.action == "RegisterTargetsWithClassicalLB" && c.code == 0)
+        .filter(|c| c.instance_ids.contains(&new))
+        .map(|c| c.instance_ids.clone())
+        .collect();
+    assert_eq!(registers, [vec![new.clone()]], "the new instance registered once, after the failed write");
+    let task =
+        s.tasks.iter().find(|t| t.action == TaskAction::Deregister && t.instance_ids == [gone.clone()]);
+    assert_eq!(task.map(|t| t.state), Some(TaskState::Succeeded), "{:?}", s.tasks);
     assert!(s.intents.is_empty(), "no intent left behind: {:?}", s.intents);
 }
