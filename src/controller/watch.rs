@@ -18,10 +18,11 @@ use kube::{
         watcher,
     },
 };
+use tokio::sync::Semaphore;
 use tracing::info;
 
 use super::{
-    pods::PodScope,
+    pods::{self, PodScope},
     settle::SignalClock,
     slim::{SlimNode, SlimPod},
 };
@@ -59,6 +60,10 @@ pub struct Watches {
     pub gone: mpsc::UnboundedReceiver<()>,
 }
 
+/// How many namespaces' pod watches may list at once. Four keep the API server busy (a namespace's list
+/// takes it tens of milliseconds) while the operator holds at most four list answers in memory.
+const POD_LISTS_AT_ONCE: usize = 4;
+
 /// Starts the watches of `namespace` (all namespaces when `None`; nodes are cluster-scoped), noting signal
 /// times in `signals`.
 pub async fn start(client: &Client, namespace: Option<&str>, signals: &Arc<SignalClock>) -> Watches {
@@ -87,11 +92,14 @@ pub async fn start(client: &Client, namespace: Option<&str>, signals: &Arc<Signa
     let pod_signals = signals.clone();
     // One watch per wanted namespace, each backing off on its own: one namespace's errors (say, a Role
     // missing there) must not hold back the pods of the others.
+    // At most POD_LISTS_AT_ONCE of them list at a time, for the memory a list answer takes.
+    let lists = Arc::new(Semaphore::new(POD_LISTS_AT_ONCE));
     let pod_watch = move |ns: &str| {
-        watcher(Api::<SlimPod>::namespaced(pod_client.clone(), ns), watcher::Config::default())
+        let events = watcher(Api::<SlimPod>::namespaced(pod_client.clone(), ns), watcher::Config::default())
             .modify(forget_version)
             .default_backoff()
-            .boxed()
+            .boxed();
+        pods::in_turn(events, lists.clone())
     };
     let pod_changes = changes_only(
         pod_scope.events(pod_watch, pod_writer),
