@@ -60,8 +60,9 @@ pub struct Watches {
     pub gone: mpsc::UnboundedReceiver<()>,
 }
 
-/// How many namespaces' pod watches may list at once. Four keep the API server busy (a namespace's list
-/// takes it tens of milliseconds) while the operator holds at most four list answers in memory.
+/// How many namespaces' pod watches may list at once: the operator holds at most this many list answers in
+/// memory. Not tuned: at the large benchmark size the restart (28 s for 250 namespaces) is most likely bound
+/// by these lists, so a larger number trades memory for restart time.
 const POD_LISTS_AT_ONCE: usize = 4;
 
 /// Starts the watches of `namespace` (all namespaces when `None`; nodes are cluster-scoped), noting signal
