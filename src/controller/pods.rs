@@ -105,8 +105,9 @@ pub type Events = BoxStream<'static, Result<watcher::Event<SlimPod>, watcher::Er
 /// Holds `events` back from listing until `gate` has a permit, and keeps the permit until the list is complete
 /// (or failed). A list answer is held whole in memory before it is parsed (about 2.7 MB for a namespace of 300
 /// kubelet-shaped pods), so 250 namespaces listing at once at start-up took the operator's peak to 750 MiB;
-/// four at a time hold about twice what one 500-pod page of a cluster-wide list did. kube-runtime's watcher says `Init` before it
-/// sends its first list request and asks for nothing until polled again, which is where the permit is taken.
+/// four at a time hold about twice what one 500-pod page of a cluster-wide list did. kube-runtime's watcher
+/// says `Init` before it sends its first list request and asks for nothing until polled again, which is where
+/// the permit is taken.
 /// Events are passed on unchanged.
 pub fn in_turn(events: Events, gate: std::sync::Arc<Semaphore>) -> Events {
     futures::stream::unfold((events, gate, None), |(mut events, gate, mut permit)| async move {
