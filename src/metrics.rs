@@ -142,6 +142,12 @@ impl Metrics {
             "Kubernetes API requests this process made, by verb and resource",
             crate::kube_requests::KUBE_REQUESTS.clone(),
         );
+        registry.register_with_unit(
+            "kube_request_duration",
+            "Kubernetes API requests this process made, by verb and resource, until the response's headers arrived",
+            Unit::Seconds,
+            crate::kube_requests::KUBE_REQUEST_DURATION.clone(),
+        );
         registry.register(
             "cached_objects",
             "Objects in the operator's caches, by kind (pods only of namespaces with a pod-targeted binding)",

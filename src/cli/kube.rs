@@ -7,7 +7,7 @@ use kube::{
 };
 
 /// A client from `--kubeconfig`, else `KUBECONFIG`, else the in-cluster service account; its requests are
-/// counted in `clb_operator_kube_requests`.
+/// counted and timed in `clb_operator_kube_requests` and `clb_operator_kube_request_duration_seconds`.
 pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Client> {
     let config = match kubeconfig {
         Some(path) => {
@@ -18,5 +18,5 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Clie
         None => kube::Config::infer().await.context("no kubeconfig and not in a cluster")?,
     };
     let builder = kube::client::ClientBuilder::try_from(config).context("building the Kubernetes client")?;
-    Ok(builder.with_layer(&crate::kube_requests::count_requests()).build())
+    Ok(builder.with_layer(&crate::kube_requests::CountRequests).build())
 }

@@ -265,7 +265,7 @@ impl PlanePeaks {
 fn start_operator(plane: &common::Plane, endpoint: &url::Url, log: &std::path::Path) -> OperatorProcess {
     OperatorCommand::new(&plane.kubeconfig, endpoint, log.to_owned())
         .args(&["--concurrency", "16"])
-        .rust_log("info")
+        .rust_log(&std::env::var("BENCH_OPERATOR_LOG").unwrap_or_else(|_| "info".into()))
         .start()
 }
 
@@ -638,6 +638,7 @@ async fn main() {
     // watcher sees the same signals.
     let floor = Floor::start(&bench.client).await;
     peaks.phase("signals");
+    let writes_before = status_write_buckets(&op.metrics().await);
     let nodes: Api<Node> = Api::all(bench.client.clone());
     let mut signals = Vec::new();
     let drain_bindings: Vec<usize> =
@@ -752,6 +753,14 @@ async fn main() {
                 .collect::<BTreeMap<_, _>>()
         ),
     );
+    // What one status write costs the operator (its own client histogram, interpolated within buckets as
+    // Prometheus' histogram_quantile does): each reaction waits for one, the intent recorded before the call.
+    let writes = diff_buckets(&status_write_buckets(&op.metrics().await), &writes_before);
+    results.insert(
+        "status_write_ms",
+        json!({"n": writes.last().map(|b| b.1), "p50": bucket_quantile(&writes, 0.5), "p99": bucket_quantile(&writes, 0.99)}),
+    );
+    println!("status write ms: {}", results["status_write_ms"]);
     results.insert("completion_overhead_ms", summary(&overhead));
     results.insert("polls_per_1s_task", summary(&polls));
     results.insert("reaction_samples_ms", json!(reaction));
@@ -997,6 +1006,52 @@ fn kube_requests(metrics: &str) -> BTreeMap<String, f64> {
     out
 }
 
+/// The cumulative buckets `(upper bound in ms, count)` of the operator's status writes (`PATCH
+/// clbbackendbindings/status`) in its request-duration histogram.
+fn status_write_buckets(metrics: &str) -> Vec<(f64, f64)> {
+    let prefix = "clb_operator_kube_request_duration_seconds_bucket{";
+    (metrics.lines())
+        .filter(|l| {
+            l.starts_with(prefix)
+                && l.contains("verb=\"patch\"")
+                && l.contains("resource=\"clbbackendbindings/status\"")
+        })
+        .filter_map(|l| {
+            let (labels, value) = l.rsplit_once(' ')?;
+            let le = labels.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse::<f64>().ok()? * 1000.0 };
+            Some((le, value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Cumulative buckets `after - before` (the same bounds in the same order).
+fn diff_buckets(after: &[(f64, f64)], before: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    (after.iter()).map(|&(le, n)| (le, n - before.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1))).collect()
+}
+
+/// The `q` quantile of cumulative buckets, linear within the bucket it falls in (as Prometheus'
+/// `histogram_quantile`); the last finite bound if it falls in the `+Inf` bucket.
+fn bucket_quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let (mut lower, mut below) = (0.0, 0.0);
+    for &(le, n) in buckets {
+        if n >= rank {
+            if le.is_infinite() {
+                return Some(lower);
+            }
+            let within = if n > below { (rank - below) / (n - below) } else { 0.0 };
+            return Some(lower + (le - lower) * within);
+        }
+        (lower, below) = (le, n);
+    }
+    Some(lower)
+}
+
 /// `after - before`, keeping only what changed.
 fn diff(after: &BTreeMap<String, f64>, before: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
     (after.iter())
@@ -1068,6 +1123,11 @@ fn write_markdown(dir: &std::path::Path, suffix: &str, r: &BTreeMap<&str, Value>
                 f(&r["reaction_over_floor_ms"]["p99"])
             ),
             "<= 5",
+        ),
+        (
+            "one status write (each reaction waits for the intent's), p50 / p99 (ms)",
+            format!("{} / {}", f(&r["status_write_ms"]["p50"]), f(&r["status_write_ms"]["p99"])),
+            "-",
         ),
         (
             "completion overhead p50 / p99 (ms)",
