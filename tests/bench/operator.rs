@@ -7,7 +7,8 @@
 //! namespaces, 1,000 bindings; writes tests/bench/RESULTS-large.md and results-large.json) or `-- --quick` (CI
 //! size; results only under target/). Nodes and pods are kubelet-shaped (fixtures' `kubelet_shaped`), and a
 //! bare watcher in this process records when each signal's watch event arrives: the floor the operator's
-//! reaction is reported against. It fails only on functional invariants, never on timings.
+//! reaction is reported against. It fails only on functional invariants, never on timings. The operator logs
+//! to target/bench/operator.log at `info`, or at the filter in `BENCH_OPERATOR_LOG` (e.g. `info,clb_operator=debug`).
 
 #[path = "../common/mod.rs"]
 mod common;
