@@ -124,6 +124,33 @@ mod tests {
         (l.verb, l.resource)
     }
 
+    #[tokio::test]
+    async fn each_request_is_counted_and_timed_when_its_response_arrives() {
+        use tower::{Layer as _, ServiceExt as _};
+        let labels = classify("PATCH", "/apis/g/v1/namespaces/n/things-under-test/x/status", None);
+        // The seconds summed for these labels, as /metrics shows them.
+        let timed = || {
+            let mut registry = prometheus_client::registry::Registry::default();
+            registry.register("d", "d", KUBE_REQUEST_DURATION.clone());
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+            (text.lines())
+                .find(|l| l.starts_with("d_sum{") && l.contains("things-under-test/status"))
+                .and_then(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let inner = tower::service_fn(|_req: http::Request<()>| async {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            Ok::<_, std::convert::Infallible>(http::Response::new(()))
+        });
+        let req =
+            http::Request::patch("/apis/g/v1/namespaces/n/things-under-test/x/status").body(()).unwrap();
+        assert_eq!(timed(), 0.0, "nothing timed before the request");
+        CountRequests.layer(inner).oneshot(req).await.unwrap();
+        assert_eq!(KUBE_REQUESTS.get_or_create(&labels).get(), 1, "counted once");
+        assert!(timed() >= 0.02, "timed until the response came, 20 ms after the call: {}", timed());
+    }
+
     #[test]
     fn requests_are_named_as_the_api_server_names_them() {
         assert_eq!(c("GET", "/api/v1/nodes", Some("limit=500")), ("list", "nodes".into()));
