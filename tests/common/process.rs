@@ -1,6 +1,7 @@
 //! The operator as a separate process (the built binary), and what a test reads from it over HTTP.
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
 };
@@ -195,6 +196,22 @@ pub fn sample(text: &str, prefix: &str) -> Option<f64> {
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .reduce(|a, b| a + b)
+}
+
+/// The samples of one labelled metric: each line `name{k="v",...} value`, as its labels and value (label values
+/// holding `",` are not parsed).
+pub fn samples<'a>(
+    metrics: &'a str,
+    name: &'a str,
+) -> impl Iterator<Item = (BTreeMap<&'a str, &'a str>, f64)> + 'a {
+    metrics.lines().filter_map(move |line| {
+        let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+        let (labels, value) = rest.rsplit_once("} ")?;
+        let labels = (labels.split("\",").map(|kv| kv.trim_end_matches('"')))
+            .filter_map(|kv| kv.split_once("=\""))
+            .collect();
+        Some((labels, value.parse().ok()?))
+    })
 }
 
 /// [`sample`], 0 when there is none.
