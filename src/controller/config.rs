@@ -34,6 +34,10 @@ pub struct Config {
     pub settle: Settle,
     /// Task polling schedule before task durations are learnt.
     pub poll: PollBackoff,
+    /// How long the record of an accepted submission may wait for its task to end, so that a quick task costs
+    /// one status write after its intent (finished) rather than two (submitted, finished). Meanwhile the
+    /// written intent is what a crash leaves, and it is confirmed on the load balancer, never repeated blindly.
+    pub record_within: Duration,
     /// Retries of a binding with a problem (load balancer not found, authentication, an invalid spec, ...) and
     /// of reconciles that fail.
     pub problem_backoff: Exponential,
@@ -46,6 +50,9 @@ pub struct Config {
 pub const PROBLEM_BACKOFF: Exponential =
     Exponential { initial: Duration::from_secs(2), max: Duration::from_secs(300) };
 
+/// 2 s: long enough for a typical CLB task, short enough that a slow one shows as Running soon after it starts.
+pub const RECORD_WITHIN: Duration = Duration::from_secs(2);
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -57,6 +64,7 @@ impl Default for Config {
             resync: Duration::from_secs(300),
             settle: Settle::default(),
             poll: PollBackoff::default(),
+            record_within: RECORD_WITHIN,
             problem_backoff: PROBLEM_BACKOFF,
             leader: None,
         }

@@ -271,12 +271,14 @@ pub struct Timers {
     pub retries: Vec<Duration>,
     /// Until a problem is retried.
     pub problem: Option<Duration>,
+    /// Until a status held for submissions whose record waits must be written.
+    pub record: Option<Duration>,
 }
 
 /// The shortest timer, at least 10 ms (so a due timer does not spin); `None` when nothing waits (then the
 /// periodic resync applies). A problem's backoff never delays a poll: each timer counts on its own.
 pub fn next_delay(t: &Timers) -> Option<Duration> {
-    let singles = [t.recheck, t.settle, t.problem].into_iter().flatten();
+    let singles = [t.recheck, t.settle, t.problem, t.record].into_iter().flatten();
     t.polls.iter().chain(&t.retries).copied().chain(singles).min().map(|d| d.max(Duration::from_millis(10)))
 }
 

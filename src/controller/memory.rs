@@ -31,6 +31,9 @@ struct BindingMemory {
     /// A status holding requestIds whose write failed: it stays the binding's status (and is written again)
     /// until a write succeeds, so that no task the CLB accepted is forgotten or submitted twice.
     unwritten: Option<ClbBackendBindingStatus>,
+    /// Until when `unwritten` may wait: it adds only accepted submissions, whose intent is written, and their
+    /// record waits for the tasks to end (see `Config::record_within`). `None`: it is written at once.
+    record_by: Option<Instant>,
     /// Consecutive reconciles that ended in an error (see [`Memory::errored`]).
     errors: u32,
     /// The problem being backed off, if any.
@@ -123,12 +126,30 @@ impl Memory {
         self.with(key, |m| {
             m.written = Some(Written { resource_version, status: status.clone() });
             m.unwritten = None;
+            m.record_by = None;
         });
     }
 
     /// Keeps a status whose write failed: it is what the binding's next reconcile starts from and writes.
     pub fn unwritten(&self, key: &Key, status: &ClbBackendBindingStatus) {
-        self.with(key, |m| m.unwritten = Some(status.clone()));
+        self.with(key, |m| {
+            m.unwritten = Some(status.clone());
+            m.record_by = None;
+        });
+    }
+
+    /// Keeps a status whose write may wait until `by` (see [`BindingMemory::record_by`]): like
+    /// [`Self::unwritten`], it is what the binding's next reconcile starts from.
+    pub fn hold(&self, key: &Key, status: &ClbBackendBindingStatus, by: Instant) {
+        self.with(key, |m| {
+            m.unwritten = Some(status.clone());
+            m.record_by = Some(by);
+        });
+    }
+
+    /// Until when the binding's unwritten status may wait, if it may.
+    pub fn record_by(&self, key: &Key) -> Option<Instant> {
+        self.lock().get(key).and_then(|m| m.record_by)
     }
 
     /// Whether a status is waiting to be written.
@@ -390,5 +411,21 @@ mod tests {
         assert_eq!(m.current_status(&b), lost, "the write is newer than the cache");
         assert!(cache_is_older(Some("a".into()), Some("b".into())));
         assert!(!cache_is_older(Some("b".into()), Some("b".into())));
+    }
+
+    /// A held status is the binding's status until it is written, with its deadline; a failed write or a
+    /// successful one ends the wait (a status that must be written never waits).
+    #[test]
+    fn a_held_status_waits_until_a_write() {
+        let m = Memory::default();
+        let by = Instant::now() + Duration::from_secs(2);
+        let submitted = ClbBackendBindingStatus { in_flight: 1, ..Default::default() };
+        m.hold(&key(), &submitted, by);
+        assert_eq!((m.record_by(&key()), m.has_unwritten(&key())), (Some(by), true));
+        m.unwritten(&key(), &submitted);
+        assert_eq!((m.record_by(&key()), m.has_unwritten(&key())), (None, true), "a failed write: at once");
+        m.hold(&key(), &submitted, by);
+        m.wrote(&key(), Some("12".into()), &submitted);
+        assert_eq!((m.record_by(&key()), m.has_unwritten(&key())), (None, false));
     }
 }

@@ -98,7 +98,7 @@ async fn apply(binding: Arc<ClbBackendBinding>, ctx: &Context) -> Result<Action>
     // written.
     let seen = observe::binding(ctx, binding).await?;
     ctx.index.update(seen.key.clone(), seen.interest());
-    let mut draft = Draft::new(&seen);
+    let mut draft = Draft::new(ctx, &seen);
     let membership = match &seen.membership {
         Ok(m) => m,
         Err(e) => {
@@ -248,7 +248,7 @@ async fn cleanup(binding: Arc<ClbBackendBinding>, ctx: &Context) -> Result<Actio
         return Ok(released(ctx, &key));
     }
     let seen = observe::deleting(ctx, binding).await?;
-    let mut draft = Draft::new(&seen);
+    let mut draft = Draft::new(ctx, &seen);
     let clb = match &seen.clb {
         Ok(clb) => clb.as_ref(),
         Err(problem) => {
@@ -295,11 +295,20 @@ fn released(ctx: &Context, key: &Key) -> Action {
 struct Draft {
     status: ClbBackendBindingStatus,
     written: ClbBackendBindingStatus,
+    /// While accepted submissions wait for their record (see [`super::Config::record_within`]): the status they left,
+    /// and until when it may wait. A status that holds more than that (a finished task, a weight call) is
+    /// written at once.
+    held: Option<(ClbBackendBindingStatus, Instant)>,
 }
 
 impl Draft {
-    fn new(seen: &Observed) -> Self {
-        Self { status: seen.status.clone(), written: seen.stored.clone() }
+    fn new(ctx: &Context, seen: &Observed) -> Self {
+        let by = ctx.memory.record_by(&seen.key).filter(|by| *by > Instant::now());
+        Self {
+            status: seen.status.clone(),
+            written: seen.stored.clone(),
+            held: by.map(|by| (seen.status.clone(), by)),
+        }
     }
 
     /// Writes the status as it stands. If the write fails, the status is kept in the binding's memory: it holds
@@ -311,7 +320,7 @@ impl Draft {
             ctx.memory.unwritten(&ObjectRef::from_obj(binding), &self.status);
             return Err(e);
         }
-        self.written = self.status.clone();
+        self.wrote();
         Ok(())
     }
 
@@ -332,8 +341,31 @@ impl Draft {
             }
             return Err(e);
         }
-        self.written = self.status.clone();
+        self.wrote();
         Ok(())
+    }
+
+    fn wrote(&mut self) {
+        self.written = self.status.clone();
+        self.held = None;
+    }
+
+    /// Lets the record of submissions that all went out as tasks wait for their end: their intent is written.
+    /// Anything else (a failed call, targets already gone) is written with the reconcile's closing write.
+    fn submitted<T>(&mut self, ctx: &Context, outcomes: &[Outcome<T>]) {
+        let tasks = outcomes.iter().all(|o| matches!(o, Outcome::Task { .. }));
+        self.held = tasks.then(|| (self.status.clone(), Instant::now() + ctx.config.record_within));
+    }
+
+    /// Keeps the status in the binding's memory instead of writing it, if all it adds to the last write are
+    /// submissions whose record may still wait; returns until when, if it did.
+    fn hold(&self, ctx: &Context, key: &Key) -> Option<Instant> {
+        let (base, by) = self.held.as_ref()?;
+        if *by <= Instant::now() || decide::holds_unwritten_changes(&self.status, base) {
+            return None;
+        }
+        ctx.memory.hold(key, &self.status, *by);
+        Some(*by)
     }
 }
 
@@ -377,8 +409,9 @@ async fn poll(
 }
 
 /// Submits Deregister tasks and records them in the draft, remembering when each instance's signal was seen: the
-/// intent is written before the call; the requestIds go out with the reconcile's one closing status write (or
-/// with the next intent, whichever comes first), so a task costs one write for its submission, not two.
+/// intent is written before the call; the requestIds go out with the first status write that needs them (the
+/// tasks' end, the next intent, or [`super::Config::record_within`] after the call), so that a quick task
+/// costs two writes, its intent and its end.
 async fn deregister(
     ctx: &Context,
     seen: &Observed,
@@ -398,6 +431,7 @@ async fn deregister(
     }
     let recorded = status::deregistered(&mut draft.status, &outcomes, seen.now);
     status::intent_done(&mut draft.status, &attempt);
+    draft.submitted(ctx, &outcomes);
     Ok(recorded)
 }
 
@@ -500,7 +534,7 @@ fn signal_seen(ctx: &Context, status: &ClbBackendBindingStatus, target: &Target)
 }
 
 /// Adopts joining instances already on the load balancer, submits Register tasks for the rest, and records both:
-/// the intent is written before the call, and the requestIds with the reconcile's closing status write.
+/// the intent is written before the call, and the requestIds as for [`deregister`].
 async fn join(
     ctx: &Context,
     seen: &Observed,
@@ -530,6 +564,7 @@ async fn join(
     let outcomes = act::register(ctx, clb, &seen.key, lb, &register, weight).await;
     let recorded = status::joined(&mut draft.status, &adopt, &outcomes, seen.now);
     status::intent_done(&mut draft.status, &attempt);
+    draft.submitted(ctx, &outcomes);
     Ok(recorded)
 }
 
@@ -644,8 +679,12 @@ async fn conclude(ctx: &Context, seen: &Observed, draft: &mut Draft, done: Done)
     let candidates = met.claimed.iter().chain(&met.released).cloned();
     let state = observe::marks(ctx, key, candidates);
     act::mark_nodes(ctx, &decide::marks(&met.claimed, &met.released, &state, &owned_here, seen.now)).await;
+    let mut held = None;
     if decide::should_write(&draft.status, &draft.written, settle.is_some()) {
-        draft.persist(ctx, &seen.binding).await?;
+        held = draft.hold(ctx, key);
+        if held.is_none() {
+            draft.persist(ctx, &seen.binding).await?;
+        }
     }
     if problem.is_none() {
         ctx.memory.reports_cleared(key);
@@ -661,7 +700,8 @@ async fn conclude(ctx: &Context, seen: &Observed, draft: &mut Draft, done: Done)
         .filter(|d| !d.is_zero())
         .collect();
     let polls = status::running_tasks(&draft.status).iter().map(|id| ctx.polls.until_due(id)).collect();
-    Ok(decide::next_delay(&Timers { polls, recheck, settle, retries, problem: problem_wait }))
+    let record = held.map(|by| by.saturating_duration_since(Instant::now()));
+    Ok(decide::next_delay(&Timers { polls, recheck, settle, retries, problem: problem_wait, record }))
 }
 
 /// The binding's counts for the metrics.
