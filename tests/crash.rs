@@ -34,11 +34,7 @@ struct FailWrite {
 }
 
 impl FailWrite {
-    fn arm(&self, needle: String) {
-        self.arm_all(vec![needle]);
-    }
-
-    fn arm_all(&self, needles: Vec<String>) {
+    fn arm(&self, needles: Vec<String>) {
         *self.needles.lock().unwrap() = Some(needles);
     }
 
@@ -115,8 +111,9 @@ async fn faulty_client(t: &TestNs, fault: &FailWrite) -> kube::Client {
     ClientBuilder::try_from(config).unwrap().with_layer(fault).build()
 }
 
-/// The status write right after a Deregister submission fails once: the requestId still reaches the status
-/// (written again from the operator's memory), is polled to success, and no second Deregister is sent.
+/// The first status write holding a new Deregister task fails once (the write that records it, at its end or
+/// when its record may wait no longer): the requestId still reaches the status (written again from the
+/// operator's memory), is polled to success, and no second Deregister is sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_status_write_after_a_submission_loses_nothing() {
     let (t, emu) = setup("write-fault").await;
@@ -127,9 +124,10 @@ async fn a_failed_status_write_after_a_submission_loses_nothing() {
     wait_ready_with(&t, "web", &ids(&nodes)).await;
 
     let (node, gone) = nodes[0].clone();
-    // The first status write holding a Deregister task for the instance (the patch's keys are sorted; an intent
-    // has no requestId).
-    fault.arm(format!(r#""action":"Deregister","instanceIds":["{gone}"],"requestId""#));
+    // The first status write holding a Deregister task for the instance (the patch's keys are sorted, and a
+    // finished task has `completedAt` between `action` and `instanceIds`; an intent has no requestId, and the
+    // instance was registered together with the others).
+    fault.arm(vec![r#""action":"Deregister""#.into(), format!(r#""instanceIds":["{gone}"],"requestId""#)]);
     Api::<Node>::all(t.client.clone()).delete(&node, &DeleteParams::default()).await.unwrap();
     let s = wait_ready_with(&t, "web", &ids(&nodes[1..])).await;
 
@@ -179,7 +177,7 @@ async fn a_failed_intent_write_after_a_submission_in_the_same_reconcile_loses_no
     wait_ready_with(&t, "web", &ids(&nodes[..3])).await;
 
     let (gone, new) = (nodes[0].1.clone(), nodes[3].1.clone());
-    fault.arm_all(vec![
+    fault.arm(vec![
         format!(r#""action":"Deregister","instanceIds":["{gone}"],"requestId""#),
         format!(r#""intents":[{{"action":"Register""#),
         format!(r#""instanceIds":["{new}"]"#),

@@ -32,12 +32,12 @@ eval "$(bash tests/testenv/testenv.sh up --with-kwok)"
 . tests/testenv/versions.sh
 kubectl() { "$K8S_BIN/kubectl" "$@"; }
 
-say "Starting the CLB emulator (an application CLB with a TCP listener and an HTTP rule; tasks take 2 s) and the operator (CLB API 3.0)"
+say "Starting the CLB emulator (an application CLB with a TCP listener and an HTTP rule; tasks take 5 s) and the operator (CLB API 3.0)"
 stop_pid operator || true
 stop_pid emulator || true
 export TENCENTCLOUD_SECRET_ID=AKIDdemo000000000000000000000000000 TENCENTCLOUD_SECRET_KEY=demo-secret-key-not-for-production
 emu_port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
-"$bin" emulator --listen "127.0.0.1:$emu_port" --task-duration 2s \
+"$bin" emulator --listen "127.0.0.1:$emu_port" --task-duration 5s \
   --listener "$LB/$TCP=TCP:80" --listener "$LB/$HTTP=HTTP:80,loc-web00001=shop.example.com/" \
   >"$demo/emulator.log" 2>&1 &
 echo $! >"$demo/emulator.pid"

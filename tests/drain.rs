@@ -133,7 +133,7 @@ async fn kubectl_drain_deregisters_while_pods_terminate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_signals_deregister_while_the_node_exists() {
     let (t, emu) = setup("drain-signals").await;
-    emu.set_faults(Faults { task_duration: Duration::from_millis(700), ..emu.faults() }).unwrap();
+    emu.set_faults(Faults { task_duration: Duration::from_secs(3), ..emu.faults() }).unwrap();
     let tok = token_suffix();
     let nodes = kwok_nodes(&t, &tok, 5).await;
     let _op = start_operator(&t, &emu);

@@ -85,7 +85,8 @@ async fn standby_takes_over_a_running_task_when_the_leader_dies() {
 }
 
 /// After a deregistration, `/metrics` counts the CLB actions that ran and observes the deregistration latency;
-/// `/readyz` turns ready once the caches have synced, and `/healthz` answers.
+/// `/readyz` turns ready once the caches have synced, and `/healthz` answers. A task that ends quickly costs two
+/// status writes: its intent before the call, and its end (the requestId waits for it in memory).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_show_the_work_done() {
     let (t, emu) = setup("metrics").await;
@@ -98,10 +99,20 @@ async fn metrics_show_the_work_done() {
 
     binding(&t, "web", LB, false, json!({})).await;
     wait_ready_with(&t, "web", &ids(&nodes)).await;
+    let status_writes = |text: &str| -> f64 {
+        (common::samples(text, "clb_operator_kube_request_duration_seconds_count"))
+            .filter(|(l, _)| l.get("resource") == Some(&"clbbackendbindings/status"))
+            .filter(|(l, _)| l.get("verb") != Some(&"get"))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let before = status_writes(&op.metrics().await);
     Api::<Node>::all(t.client.clone()).delete(&nodes[0].0, &DeleteParams::default()).await.unwrap();
     wait_ready_with(&t, "web", &ids(&nodes[1..])).await;
+    tokio::time::sleep(Duration::from_secs(1)).await; // a write after the one that showed Ready would count too
 
     let text = op.metrics().await;
+    assert_eq!(status_writes(&text) - before, 2.0, "the Deregister's intent and its end: {text}");
     let count = |action: &str| {
         sample(&text, &format!("clb_operator_clb_requests_total{{action=\"{action}\",outcome=\"ok\"}}"))
             .unwrap_or(0.0)

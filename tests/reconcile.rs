@@ -33,7 +33,7 @@ async fn node_targets_register_all_and_deregister_a_deleted_node() {
     assert_eq!(emu.state().backend_ids(LB).into_iter().collect::<BTreeSet<_>>(), ids(&nodes));
 
     // Slow the task down so that its Running state is observable.
-    emu.set_faults(Faults { task_duration: Duration::from_secs(2), ..emu.faults() }).unwrap();
+    emu.set_faults(Faults { task_duration: Duration::from_secs(4), ..emu.faults() }).unwrap();
     let (gone_node, gone_id) = nodes[0].clone();
     Api::<Node>::all(t.client.clone()).delete(&gone_node, &DeleteParams::default()).await.unwrap();
     let running = running_task(&t, "web", TaskAction::Deregister).await;

@@ -162,7 +162,7 @@ async fn two_listeners_register_and_a_deleted_node_leaves_both_in_one_batch() {
     expected.insert((TCP.into(), None, "ins-foreign".into(), 8080));
     assert_eq!(bound(&emu, APP), expected);
 
-    emu.set_faults(Faults { task_duration: Duration::from_secs(2), ..emu.faults() }).unwrap();
+    emu.set_faults(Faults { task_duration: Duration::from_secs(4), ..emu.faults() }).unwrap();
     let (gone_node, gone_id) = nodes[0].clone();
     Api::<Node>::all(t.client.clone()).delete(&gone_node, &DeleteParams::default()).await.unwrap();
     let running = running_task(&t, "web", TaskAction::Deregister).await;
