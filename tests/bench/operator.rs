@@ -997,8 +997,8 @@ fn kube_requests(metrics: &str) -> BTreeMap<String, f64> {
 fn status_writes_in(requests: &BTreeMap<String, f64>) -> f64 {
     (requests.iter())
         .filter(|(k, _)| k.ends_with("clbbackendbindings/status") && !k.starts_with("get "))
-        .map(|(_, v)| v)
-        .sum()
+        // A fold from 0.0, not `sum()`: an empty f64 sum is -0.0, which would print as "-0.0 writes".
+        .fold(0.0, |sum, (_, v)| sum + v)
 }
 
 /// The cumulative buckets `(upper bound in ms, count)` of the operator's status writes (`PATCH
