@@ -1,43 +1,32 @@
 //! Test fixtures, built once for every unit test of the controller: nodes, slim pods, specs and backends.
 
-use k8s_openapi::{
-    api::core::v1::{Node, NodeSpec},
-    apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta},
-};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
-use super::slim::{SlimCondition, SlimPod, SlimPodSpec, SlimPodStatus};
+use super::slim::{SlimNode, SlimPod};
 use crate::api::{BackendState, BackendStatus, ClbBackendBindingSpec, DeletionPolicy, DrainPolicy, Targets};
 
 fn pairs(labels: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
     labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
-/// A node with `labels` and, if given, a provider ID such as `qcloud:///100003/ins-a`.
-pub fn node(name: &str, labels: &[(&str, &str)], provider: Option<&str>) -> Node {
-    Node {
-        metadata: ObjectMeta { name: Some(name.into()), labels: Some(pairs(labels)), ..Default::default() },
-        spec: Some(NodeSpec { provider_id: provider.map(Into::into), ..Default::default() }),
-        status: None,
+/// A Ready-less node with `labels` and, if given, a provider ID such as `qcloud:///100003/ins-a`.
+pub fn node(name: &str, labels: &[(&str, &str)], provider: Option<&str>) -> SlimNode {
+    SlimNode {
+        metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+        labels: labels.iter().copied().collect(),
+        provider_id: provider.map(Into::into),
+        ..SlimNode::default()
     }
 }
 
 /// A Running pod labelled `app=web` in `ns`, on `node` if given, Ready or not.
 pub fn slim_pod(name: &str, ns: &str, node: Option<&str>, ready: bool) -> SlimPod {
     SlimPod {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(ns.into()),
-            labels: Some(pairs(&[("app", "web")])),
-            ..Default::default()
-        },
-        spec: SlimPodSpec { node_name: node.map(Into::into) },
-        status: SlimPodStatus {
-            phase: Some("Running".into()),
-            conditions: vec![SlimCondition {
-                type_: "Ready".into(),
-                status: if ready { "True" } else { "False" }.into(),
-            }],
-        },
+        metadata: ObjectMeta { name: Some(name.into()), namespace: Some(ns.into()), ..Default::default() },
+        labels: [("app", "web")].into_iter().collect(),
+        node_name: node.map(Into::into),
+        finished: false,
+        ready,
     }
 }
 

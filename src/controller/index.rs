@@ -8,10 +8,9 @@ use std::{
     sync::RwLock,
 };
 
-use k8s_openapi::api::core::v1::Node;
 use kube::{ResourceExt, runtime::reflector::ObjectRef};
 
-use super::slim::SlimPod;
+use super::slim::{SlimNode, SlimPod};
 use crate::api::{ClbBackendBinding, ClbBackendBindingSpec};
 
 type Key = ObjectRef<ClbBackendBinding>;
@@ -97,15 +96,15 @@ impl BindingIndex {
 
     /// Bindings a change to `node` may affect: those that look at it, and node-targeted bindings whose
     /// required labels it carries (it may have just become selected).
-    pub fn for_node(&self, node: &Node) -> Vec<Key> {
+    pub fn for_node(&self, node: &SlimNode) -> Vec<Key> {
         let Ok(inner) = self.inner.read() else {
             return Vec::new();
         };
         let name = node.name_any();
         let mut out: HashSet<Key> = inner.by_node.get(&name).cloned().unwrap_or_default();
         out.extend(inner.node_any.iter().cloned());
-        for (k, v) in node.labels() {
-            if let Some(keys) = inner.by_label.get(&(k.clone(), v.clone())) {
+        for (k, v) in node.labels.iter() {
+            if let Some(keys) = inner.by_label.get(&(k.to_owned(), v.to_owned())) {
                 out.extend(keys.iter().cloned());
             }
         }
@@ -160,7 +159,7 @@ mod tests {
         ObjectRef::new(name).within("ns")
     }
 
-    fn node(name: &str, labels: &[(&str, &str)]) -> Node {
+    fn node(name: &str, labels: &[(&str, &str)]) -> SlimNode {
         fixtures::node(name, labels, None)
     }
 

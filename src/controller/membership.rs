@@ -7,13 +7,12 @@ use std::{
 
 use jiff::Timestamp;
 
-use k8s_openapi::api::core::v1::Node;
-use kube::{
-    ResourceExt,
-    core::{Selector, SelectorExt},
-};
+use kube::{ResourceExt, core::Selector};
 
-use super::slim::SlimPod;
+use super::{
+    labels::LabelQuery,
+    slim::{SlimNode, SlimPod},
+};
 use crate::api::{
     ClbBackendBindingSpec, DrainPolicy, EXCLUSION_LABEL, INSTANCE_ID_ANNOTATION, TKE_INSTANCE_ID_LABEL,
 };
@@ -82,15 +81,13 @@ pub struct InvalidSelector {
 
 /// The CVM instance ID of a node: the `clb.tke.dev/instance-id` annotation, else TKE's
 /// `cloud.tencent.com/node-instance-id` label, else the last segment of a `qcloud:///<zone>/<ins-id>` provider ID.
-pub fn instance_id(node: &Node) -> Option<String> {
-    let from_meta = node
-        .annotations()
-        .get(INSTANCE_ID_ANNOTATION)
-        .or_else(|| node.labels().get(TKE_INSTANCE_ID_LABEL))
+pub fn instance_id(node: &SlimNode) -> Option<String> {
+    let from_meta = (node.annotations().get(INSTANCE_ID_ANNOTATION).map(String::as_str))
+        .or_else(|| node.labels.get(TKE_INSTANCE_ID_LABEL))
         .map(|s| s.trim().to_owned());
     from_meta
         .filter(|id| is_instance_id(id))
-        .or_else(|| node.spec.as_ref()?.provider_id.as_deref().and_then(instance_id_from_provider_id))
+        .or_else(|| node.provider_id.as_deref().and_then(instance_id_from_provider_id))
 }
 
 /// Parses `qcloud:///<zone>/<ins-id>` as TKE writes it; other schemes (e.g. `tencentcloud://kn-...` for
@@ -110,24 +107,21 @@ fn is_instance_id(id: &str) -> bool {
 /// The first drain signal of `policy` that applies to `node` at `now`, if any; with `Err(wait)`, none applies
 /// yet but the node's NotReady time reaches `drain.onNotReadyAfter` in `wait`.
 pub fn drain_signal(
-    node: &Node,
+    node: &SlimNode,
     policy: &DrainPolicy,
     now: Timestamp,
 ) -> Result<Option<LeaveReason>, Duration> {
     if node.metadata.deletion_timestamp.is_some() {
         return Ok(Some(LeaveReason::NodeTerminating));
     }
-    let spec = node.spec.as_ref();
-    if let Some(taint) =
-        spec.and_then(|s| s.taints.as_ref()).into_iter().flatten().find(|t| policy.taints.contains(&t.key))
-    {
-        return Ok(Some(LeaveReason::Taint(taint.key.clone())));
+    if let Some(taint) = node.taints.iter().find(|t| policy.taints.iter().any(|p| p[..] == t[..])) {
+        return Ok(Some(LeaveReason::Taint(taint.to_string())));
     }
     // The label's presence counts whatever its value, as in the upstream service controller.
-    if policy.honor_exclusion_label && node.labels().contains_key(EXCLUSION_LABEL) {
+    if policy.honor_exclusion_label && node.labels.contains_key(EXCLUSION_LABEL) {
         return Ok(Some(LeaveReason::ExclusionLabel));
     }
-    if policy.on_cordon && spec.and_then(|s| s.unschedulable).unwrap_or(false) {
+    if policy.on_cordon && node.unschedulable {
         return Ok(Some(LeaveReason::Cordoned));
     }
     if let Some(limit) = policy.on_not_ready_after {
@@ -142,10 +136,9 @@ pub fn drain_signal(
 
 /// When the node's Ready condition last left True, if it is not True now. A node that never reported a Ready
 /// condition (e.g. still registering) is not considered NotReady.
-fn not_ready_since(node: &Node) -> Option<Timestamp> {
-    let ready = node.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready")?;
-    (ready.status != "True")
-        .then(|| ready.last_transition_time.as_ref().map(|t| t.0).unwrap_or(Timestamp::UNIX_EPOCH))
+fn not_ready_since(node: &SlimNode) -> Option<Timestamp> {
+    let ready = node.ready.as_ref()?;
+    (!ready.ready).then(|| ready.since.as_ref().map(|t| t.0).unwrap_or(Timestamp::UNIX_EPOCH))
 }
 
 /// Whether a pod counts for a pod-targeted binding: scheduled, Ready, and not terminating.
@@ -153,10 +146,7 @@ pub fn pod_serves(pod: &SlimPod) -> bool {
     if pod.metadata.deletion_timestamp.is_some() {
         return false;
     }
-    if matches!(pod.status.phase.as_deref(), Some("Succeeded" | "Failed")) {
-        return false;
-    }
-    pod.status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+    pod.ready && !pod.finished
 }
 
 /// Applies the membership rules of `spec` (a binding in `namespace`) to the cluster's nodes and pods.
@@ -164,21 +154,21 @@ pub fn pod_serves(pod: &SlimPod) -> bool {
 pub fn compute<'a>(
     spec: &ClbBackendBindingSpec,
     namespace: &str,
-    nodes: impl IntoIterator<Item = &'a Node>,
+    nodes: impl IntoIterator<Item = &'a SlimNode>,
     pods: impl IntoIterator<Item = &'a SlimPod>,
     now: Timestamp,
 ) -> Result<Membership, InvalidSelector> {
-    let nodes: BTreeMap<String, &Node> = nodes.into_iter().map(|n| (n.name_any(), n)).collect();
+    let nodes: BTreeMap<String, &SlimNode> = nodes.into_iter().map(|n| (n.name_any(), n)).collect();
     // Nodes the binding's selector points at, before drain signals are applied.
     let selected: BTreeSet<String> = if let Some(sel) = &spec.targets.node_selector {
         let selector = to_selector(sel, "nodeSelector")?;
-        nodes.iter().filter(|(_, n)| selector.matches(n.labels())).map(|(name, _)| name.clone()).collect()
+        nodes.iter().filter(|(_, n)| selector.matches(&n.labels)).map(|(name, _)| name.clone()).collect()
     } else if let Some(sel) = &spec.targets.pod_selector {
         let selector = to_selector(sel, "podSelector")?;
         pods.into_iter()
             .filter(|p| p.namespace().as_deref() == Some(namespace))
-            .filter(|p| selector.matches(p.labels()) && pod_serves(p))
-            .filter_map(|p| p.spec.node_name.clone())
+            .filter(|p| selector.matches(&p.labels) && pod_serves(p))
+            .filter_map(|p| p.node_name.clone())
             .collect()
     } else {
         BTreeSet::new()
@@ -212,18 +202,19 @@ pub fn compute<'a>(
 fn to_selector(
     sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
     which: &'static str,
-) -> Result<Selector, InvalidSelector> {
-    Selector::try_from(sel.clone()).map_err(|source| InvalidSelector { which, source })
+) -> Result<LabelQuery, InvalidSelector> {
+    Selector::try_from(sel.clone()).map(LabelQuery::from).map_err(|source| InvalidSelector { which, source })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::slim::NodeReady;
     use crate::{
         api::Targets,
         controller::fixtures::{node, selector, slim_pod, spec},
     };
-    use k8s_openapi::{api::core::v1::Taint, apimachinery::pkg::apis::meta::v1::Time};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn pod(name: &str, ns: &str, node: &str, ready: bool) -> SlimPod {
         slim_pod(name, ns, Some(node), ready)
@@ -270,11 +261,7 @@ mod tests {
     fn node_selector_membership_applies_drain_signals() {
         let a = node("a", &[("role", "web")], Some("qcloud:///1/ins-aaaa0001"));
         let mut b = node("b", &[("role", "web")], Some("qcloud:///1/ins-bbbb0002"));
-        b.spec.as_mut().unwrap().taints = Some(vec![Taint {
-            key: "ToBeDeletedByClusterAutoscaler".into(),
-            effect: "NoSchedule".into(),
-            ..Default::default()
-        }]);
+        b.taints = [Box::from("ToBeDeletedByClusterAutoscaler")].into();
         let mut c =
             node("c", &[("role", "web"), (EXCLUSION_LABEL, "false")], Some("qcloud:///1/ins-cccc0003"));
         let d = node("d", &[("role", "web")], None);
@@ -301,7 +288,7 @@ mod tests {
     #[test]
     fn cordon_is_opt_in_and_node_deletion_always_counts() {
         let mut a = node("a", &[("role", "web")], Some("qcloud:///1/ins-aaaa0001"));
-        a.spec.as_mut().unwrap().unschedulable = Some(true);
+        a.unschedulable = true;
         let mut s = spec(node_targets());
         assert!(compute(&s, "ns", [&a], [], now()).unwrap().desired.contains_key("ins-aaaa0001"));
         s.drain.on_cordon = true;
@@ -322,16 +309,10 @@ mod tests {
     /// look again. Without it, NotReady never counts.
     #[test]
     fn not_ready_counts_only_after_the_configured_time() {
-        use k8s_openapi::api::core::v1::{NodeCondition, NodeStatus};
         let mut a = node("a", &[("role", "web")], Some("qcloud:///1/ins-aaaa0001"));
-        a.status = Some(NodeStatus {
-            conditions: Some(vec![NodeCondition {
-                type_: "Ready".into(),
-                status: "Unknown".into(),
-                last_transition_time: Some(Time(Timestamp::from_second(1_000_000 - 60).unwrap())),
-                ..Default::default()
-            }]),
-            ..Default::default()
+        a.ready = Some(NodeReady {
+            ready: false,
+            since: Some(Time(Timestamp::from_second(1_000_000 - 60).unwrap())),
         });
         let mut s = spec(node_targets());
         let m = compute(&s, "ns", [&a], [], now()).unwrap();

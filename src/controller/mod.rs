@@ -13,6 +13,7 @@ pub mod events;
 pub mod fixtures;
 pub mod http;
 pub mod index;
+pub mod labels;
 pub mod leader;
 pub mod listeners;
 pub mod membership;

@@ -92,7 +92,7 @@ pub async fn binding(ctx: &Context, binding: Arc<ClbBackendBinding>) -> Result<O
     seen.membership = membership::compute(
         spec,
         &namespace,
-        nodes.iter().map(|n| &n.0),
+        nodes.iter().map(|n| n.as_ref()),
         pods.iter().map(|p| p.as_ref()),
         now,
     );

@@ -105,7 +105,7 @@ pub async fn start(client: &Client, namespace: Option<&str>, signals: &Arc<Signa
     let pod_changes = changes_only(
         pod_scope.events(pod_watch, pod_writer),
         move |pod: &SlimPod| {
-            if let Some(node) = pod.spec.node_name.as_deref() {
+            if let Some(node) = pod.node_name.as_deref() {
                 pod_signals.saw(node);
             }
         },
