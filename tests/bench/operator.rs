@@ -263,9 +263,18 @@ impl PlanePeaks {
 }
 
 /// The release-built operator, watching every namespace, as the benchmark measures it.
+/// With `BENCH_HEAPTRACK` set to heaptrack's preload library, each operator records its allocations beside its
+/// log (`<log>.heaptrack.raw`; read with `heaptrack_interpret < raw | gzip > x.gz; heaptrack_print x.gz`): the
+/// way to see what the peak RSS holds. Build unstripped for symbols (`CARGO_PROFILE_RELEASE_STRIP=none`).
 fn start_operator(plane: &common::Plane, endpoint: &url::Url, log: &std::path::Path) -> OperatorProcess {
+    let heaptrack = std::env::var("BENCH_HEAPTRACK").ok().map(|lib| {
+        let raw = log.with_extension("heaptrack.raw");
+        vec![("LD_PRELOAD".to_owned(), lib), ("DUMP_HEAPTRACK_OUTPUT".to_owned(), raw.display().to_string())]
+    });
+    let env: Vec<(&str, &str)> = heaptrack.iter().flatten().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     OperatorCommand::new(&plane.kubeconfig, endpoint, log.to_owned())
         .args(&["--concurrency", "16"])
+        .envs(&env)
         .rust_log(&std::env::var("BENCH_OPERATOR_LOG").unwrap_or_else(|_| "info".into()))
         .start()
 }
