@@ -158,29 +158,40 @@ pub fn compute<'a>(
     pods: impl IntoIterator<Item = &'a SlimPod>,
     now: Timestamp,
 ) -> Result<Membership, InvalidSelector> {
-    let nodes: BTreeMap<String, &SlimNode> = nodes.into_iter().map(|n| (n.name_any(), n)).collect();
-    // Nodes the binding's selector points at, before drain signals are applied.
-    let selected: BTreeSet<String> = if let Some(sel) = &spec.targets.node_selector {
+    // Nodes the binding's selector points at, with their objects where they still exist, before drain signals are
+    // applied. Nothing is copied per cached object: this runs on every reconcile, over every cached node and, for
+    // a pod-targeted binding, every cached pod (75,000 at the benchmark's large size).
+    let selected: BTreeMap<&str, Option<&SlimNode>> = if let Some(sel) = &spec.targets.node_selector {
         let selector = to_selector(sel, "nodeSelector")?;
-        nodes.iter().filter(|(_, n)| selector.matches(&n.labels)).map(|(name, _)| name.clone()).collect()
+        (nodes.into_iter().filter(|n| selector.matches(&n.labels)))
+            .filter_map(|n| Some((n.metadata.name.as_deref()?, Some(n))))
+            .collect()
     } else if let Some(sel) = &spec.targets.pod_selector {
         let selector = to_selector(sel, "podSelector")?;
-        pods.into_iter()
-            .filter(|p| p.namespace().as_deref() == Some(namespace))
+        let mut selected: BTreeMap<&str, Option<&SlimNode>> = (pods.into_iter())
+            .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
             .filter(|p| selector.matches(&p.labels) && pod_serves(p))
-            .filter_map(|p| p.node_name.clone())
-            .collect()
+            .filter_map(|p| Some((p.node_name.as_deref()?, None)))
+            .collect();
+        if !selected.is_empty() {
+            for node in nodes {
+                if let Some(slot) = node.metadata.name.as_deref().and_then(|name| selected.get_mut(name)) {
+                    *slot = Some(node);
+                }
+            }
+        }
+        selected
     } else {
-        BTreeSet::new()
+        BTreeMap::new()
     };
 
     let mut out = Membership::default();
-    for name in selected {
-        out.nodes.insert(name.clone());
+    for (name, node) in selected {
+        out.nodes.insert(name.to_owned());
         // A pod may still name a node whose object is already gone; that node has no instance to serve.
-        let Some(node) = nodes.get(&name) else { continue };
+        let Some(node) = node else { continue };
         let Some(id) = instance_id(node) else {
-            out.missing_instance_id.push(name);
+            out.missing_instance_id.push(name.to_owned());
             continue;
         };
         match drain_signal(node, &spec.drain, now) {
@@ -188,11 +199,11 @@ pub fn compute<'a>(
                 out.leaving.insert(id, reason);
             }
             Ok(None) => {
-                out.desired.insert(id, name);
+                out.desired.insert(id, name.to_owned());
             }
             Err(wait) => {
                 out.recheck_after = Some(out.recheck_after.map_or(wait, |w| w.min(wait)));
-                out.desired.insert(id, name);
+                out.desired.insert(id, name.to_owned());
             }
         }
     }
@@ -333,6 +344,7 @@ mod tests {
         let b = node("b", &[], Some("qcloud:///1/ins-bbbb0002"));
         let c = node("c", &[], Some("qcloud:///1/ins-cccc0003"));
         let d = node("d", &[], Some("qcloud:///1/ins-dddd0004"));
+        let no_id = node("e", &[], None);
         let mut terminating = pod("p2", "shop", "b", true);
         terminating.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
         let pods = [
@@ -340,11 +352,15 @@ mod tests {
             terminating,
             pod("p3", "shop", "c", false),
             pod("p4", "other", "d", true),
+            pod("p5", "shop", "gone", true),
+            pod("p6", "shop", "e", true),
         ];
         let s = spec(Targets { node_selector: None, pod_selector: Some(selector("app", "web")) });
-        let m = compute(&s, "shop", [&a, &b, &c, &d], pods.iter(), now()).unwrap();
+        let m = compute(&s, "shop", [&a, &b, &c, &d, &no_id], pods.iter(), now()).unwrap();
         assert_eq!(m.desired.keys().collect::<Vec<_>>(), ["ins-aaaa0001"]);
-        assert_eq!(m.nodes.iter().collect::<Vec<_>>(), ["a"]);
+        // A pod's node counts as looked at even when its object is gone (it has no instance to serve then).
+        assert_eq!(m.nodes.iter().collect::<Vec<_>>(), ["a", "e", "gone"]);
+        assert_eq!(m.missing_instance_id, ["e"]);
     }
 
     /// A selector with an unknown operator is reported, not silently treated as "select nothing".
