@@ -20,8 +20,9 @@ use crate::kube_requests::CountRequests;
 /// kube's client speaks HTTP/1 only, so each watch holds a connection of its own, and hyper grows that
 /// connection's read buffer towards ~400 KiB while a large list page streams in, then keeps it for the
 /// connection's life. Measured with heaptrack at the benchmark's default size (54 watches), those buffers were
-/// the largest share of the heap (14.3 MB of 37.9 MB); at 500 namespaces they would be most of it. Reading at most
-/// one TLS record at a time costs a few more reads during the initial lists and nothing afterwards.
+/// the largest share of the heap (14.3 MB of 37.9 MB), and their number grows with the namespaces watched. Capped,
+/// the benchmark's peak RSS fell from 59.0 to 49.5 MiB for about 0.3 s more CPU over the initial lists
+/// (tests/bench/RESULTS.md). The cap also bounds a response's head, which the API server keeps far smaller.
 pub const MAX_READ_BUFFER: usize = 16 * 1024;
 
 /// A client from `--kubeconfig`, else `KUBECONFIG`, else the in-cluster service account; its requests are
@@ -41,7 +42,8 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Clie
 /// kube's default HTTP stack, less its request tracing (our [`CountRequests`] layer measures requests), with the
 /// read buffer capped at [`MAX_READ_BUFFER`]. kube's builder has no way to set hyper's buffer size, hence the
 /// stack is assembled here from the same parts, in the same order. A kubeconfig with a proxy falls back to kube's
-/// own builder, which knows the proxy protocols; only the buffer cap is lost there.
+/// own builder, which knows the proxy protocols; only the buffer cap is lost there. Also left out: the expiry of an
+/// exec plugin's client certificate, which kube's builder records on the client and nothing here reads.
 fn build(config: kube::Config) -> Result<Client, kube::Error> {
     if config.proxy_url.is_some() {
         return Ok(ClientBuilder::try_from(config)?.with_layer(&CountRequests).build());
