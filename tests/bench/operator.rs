@@ -861,7 +861,9 @@ async fn main() {
     // one node within tens of milliseconds, and no amount of batching logic can tell it in advance.
     // The same holds for a drain that reaches watchers in waves: when the bare watcher saw no taint for
     // longer than the burst wait (or a wave outlasted the longest hold), the operator cannot have known
-    // more was coming, so each wave may cost one call per load balancer it touches.
+    // more was coming, so each wave may cost one call per load balancer it touches, and one more for its first
+    // node, which reaches the operator alone as the drain's first did (seen in CI: waves of [4, 10] load
+    // balancers took 5 + 11 calls).
     let settle = Settle::default();
     let mut arrivals: Vec<(u64, usize)> = (drain_bindings.iter())
         .flat_map(|b| bench.group_nodes(*b).into_iter().map(move |n| (n, *b)))
@@ -874,7 +876,7 @@ async fn main() {
         .map(|w| w.len() * targets_per_lb.div_ceil(v3::MAX_BATCH_TARGETS))
         .sum::<usize>()
         .max(ideal)
-        + 1;
+        + waves.len().max(1);
     bench.check(
         arrivals.len() == drain_nodes.len(),
         format!("the floor watcher saw {} of {} drain taints", arrivals.len(), drain_nodes.len()),
@@ -1154,7 +1156,7 @@ fn write_markdown(dir: &std::path::Path, suffix: &str, r: &BTreeMap<&str, Value>
                 r["drain"]["taint_watch_waves"],
                 r["drain"]["taint_watch_spread_ms"]
             ),
-            "<= ideal + 1 (one more per later wave and load balancer)",
+            "<= ideal + 1 (with waves: one per wave and load balancer, and one more per wave)",
         ),
         (
             "status writes per Deregister task, 200-node drain (all status writes / tasks)",
