@@ -863,7 +863,7 @@ async fn main() {
     // longer than the burst wait (or a wave outlasted the longest hold), the operator cannot have known
     // more was coming, so each wave may cost one call per load balancer it touches, and one more for its first
     // node, which reaches the operator alone as the drain's first did (seen in CI: waves of [4, 10] load
-    // balancers took 5 + 11 calls).
+    // balancers took 16 calls, 14 for the waves and one per wave's first node by this reckoning).
     let settle = Settle::default();
     let mut arrivals: Vec<(u64, usize)> = (drain_bindings.iter())
         .flat_map(|b| bench.group_nodes(*b).into_iter().map(move |n| (n, *b)))
